@@ -1,0 +1,128 @@
+//! Wiring: build the hub from a config and a pool, start the dispatcher, the sweeper and the
+//! server, and shut it all down in order.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpSocket;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::realtime::Registry;
+use crate::service::Hub;
+use crate::{dispatch, http, store};
+
+/// A running hub: its address, its state, and the server task.
+pub struct RunningHub {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    server: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every hub in the process).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Builds the shared state without serving (for `seed-demo` and tests of the service).
+pub fn build_hub(config: Arc<Config>, db: PgPool) -> (Arc<Hub>, dispatch::Receivers) {
+    let registry = Arc::new(Registry::new());
+    let (handle, receivers) = dispatch::channel();
+    (Arc::new(Hub::new(db, config, registry, handle)), receivers)
+}
+
+/// Migrates, then starts the dispatcher, the timeout sweeper and the HTTP/WebSocket server.
+pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
+    store::MIGRATOR.run(&db).await?;
+    let metrics = metrics_handle();
+    let config = Arc::new(config);
+    let (hub, receivers) = build_hub(config.clone(), db);
+    let dispatcher = dispatch::spawn(receivers);
+    hub.dispatch.start(hub.clone());
+    dispatch::sweeper::spawn(hub.clone());
+
+    let socket = if config.bind.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(config.bind)?;
+    let listener = socket.listen(4096)?;
+    let addr = listener.local_addr()?;
+    let app = http::router(hub.clone(), metrics);
+    let shutdown = hub.shutdown.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    tracing::info!(%addr, "dispatch-hub listening");
+    Ok(RunningHub {
+        addr,
+        hub,
+        server,
+        dispatcher,
+    })
+}
+
+impl RunningHub {
+    /// Stops accepting, closes every socket with 1001 after its in-flight command finishes,
+    /// waits for the sessions and background writes, then returns.
+    pub async fn shutdown(self) {
+        self.hub.shutdown.cancel();
+        let _ = self.server.await;
+        self.hub.tasks.close();
+        self.hub.tasks.wait().await;
+        let _ = self.dispatcher.await;
+        self.hub.db.close().await;
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

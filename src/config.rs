@@ -1,0 +1,153 @@
+//! Every knob of the hub in one struct: a CLI flag, its environment variable, its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Postgres connection string.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/dispatch_hub"
+    )]
+    pub database_url: String,
+
+    /// Address the HTTP/WebSocket server listens on.
+    #[arg(
+        long,
+        env = "HUB_BIND",
+        global = true,
+        default_value = "127.0.0.1:8080"
+    )]
+    pub bind: SocketAddr,
+
+    /// Bearer token of the admin API and the `fleet` topic. Without it the admin API is off.
+    #[arg(long, env = "HUB_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Server secret from which order OTPs are derived (so that an idempotent retry can return
+    /// the same OTP while the database holds only its hash). Random per process when unset.
+    #[arg(long, env = "HUB_SECRET", global = true, hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Lifetime of login and buyer tokens, in hours.
+    #[arg(long, env = "HUB_SESSION_TTL_H", global = true, default_value_t = 720)]
+    pub session_ttl_h: i64,
+
+    /// Flat part of the driver's commission per delivered order, in cents.
+    #[arg(
+        long,
+        env = "HUB_COMMISSION_FLAT_CENTS",
+        global = true,
+        default_value_t = 200
+    )]
+    pub commission_flat_cents: i64,
+
+    /// Percent of the order total added to the driver's commission (e.g. 5 or 2.5).
+    #[arg(
+        long,
+        env = "HUB_COMMISSION_PERCENT",
+        global = true,
+        default_value_t = 5.0
+    )]
+    pub commission_percent: f64,
+
+    /// Only free drivers within this great-circle distance of the shop are dispatched.
+    #[arg(
+        long,
+        env = "HUB_DISPATCH_MAX_KM",
+        global = true,
+        default_value_t = 10.0
+    )]
+    pub dispatch_max_km: f64,
+
+    /// A driver offline while assigned (not yet picked up) is unassigned after this many seconds.
+    #[arg(long, env = "HUB_DRIVER_GRACE_S", global = true, default_value_t = 60)]
+    pub driver_grace_s: u64,
+
+    /// A driver who sent no location for this many seconds counts as offline.
+    #[arg(long, env = "HUB_DRIVER_STALE_S", global = true, default_value_t = 60)]
+    pub driver_stale_s: u64,
+
+    /// A pending order not accepted within this many seconds is cancelled (`vendor_timeout`).
+    #[arg(
+        long,
+        env = "HUB_ACCEPT_TIMEOUT_S",
+        global = true,
+        default_value_t = 300
+    )]
+    pub accept_timeout_s: u64,
+
+    /// Driver positions are written to Postgres at most this often per driver, in seconds.
+    #[arg(long, env = "HUB_POSITION_FLUSH_S", global = true, default_value_t = 5)]
+    pub position_flush_s: u64,
+
+    /// Outbound queue length per socket; a client further behind is closed with 4408.
+    #[arg(long, env = "HUB_WS_QUEUE", global = true, default_value_t = 1024)]
+    pub ws_queue: usize,
+
+    /// Seconds between server WebSocket pings.
+    #[arg(long, env = "HUB_WS_PING_S", global = true, default_value_t = 20)]
+    pub ws_ping_s: u64,
+
+    /// A socket silent for this many seconds is closed (4000).
+    #[arg(long, env = "HUB_WS_IDLE_S", global = true, default_value_t = 60)]
+    pub ws_idle_s: u64,
+
+    /// Seconds a new socket has to send `auth`.
+    #[arg(
+        long,
+        env = "HUB_WS_AUTH_TIMEOUT_S",
+        global = true,
+        default_value_t = 10
+    )]
+    pub ws_auth_timeout_s: u64,
+
+    /// Maximum Postgres connections in the pool.
+    #[arg(
+        long,
+        env = "HUB_DB_MAX_CONNECTIONS",
+        global = true,
+        default_value_t = 32
+    )]
+    pub db_max_connections: u32,
+
+    /// Argon2id memory cost (KiB) for login codes.
+    #[arg(
+        long,
+        env = "HUB_LOGIN_HASH_KIB",
+        global = true,
+        default_value_t = 19_456
+    )]
+    pub login_hash_kib: u32,
+
+    /// Folder of the web demo served at `/`.
+    #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
+    pub web_dir: PathBuf,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "HUB_LOG_JSON", global = true, default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Defaults with environment overrides, as the CLI would build them without flags.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Wrapper as clap::Parser>::parse_from(["dispatch-hub"]).config
+    }
+
+    /// Commission for a delivered order of `total_cents`, rounded down.
+    pub fn commission_cents(&self, total_cents: i64) -> i64 {
+        let bp = (self.commission_percent * 100.0).round().max(0.0) as i64;
+        self.commission_flat_cents.max(0) + total_cents * bp / 10_000
+    }
+}

@@ -1,0 +1,657 @@
+//! The dispatcher actor's state and loop. Everything here runs on one task; database work is
+//! spawned and reports back through the control channel, so the loop never waits on Postgres.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::time::MissedTickBehavior;
+use uuid::Uuid;
+
+use super::index::DriverIndex;
+use super::{AssignFailure, Control, DriverState, Location, OrderChanged, Receivers};
+use crate::domain::{Action, Actor, DriverId, EventKind, GeoPoint, OrderId, OrderStatus};
+use crate::error::Error;
+use crate::realtime::registry::ConnId;
+use crate::realtime::{Outbound, Topic};
+use crate::service::Hub;
+use crate::service::orders::{SystemInput, TransitionRequest};
+use crate::store;
+
+const TICK: Duration = Duration::from_millis(250);
+const FLEET_EVERY: Duration = Duration::from_secs(1);
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+const BUSY_COOLDOWN: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Driver {
+    pos: Option<GeoPoint>,
+    /// The position the driver is indexed at, when it is in the free index.
+    indexed_at: Option<GeoPoint>,
+    conns: HashSet<ConnId>,
+    available: bool,
+    last_seen: Option<Instant>,
+    offline_since: Option<Instant>,
+    /// The active order (assigned or picked up).
+    order: Option<OrderId>,
+    picked_up: bool,
+    /// An assignment to this driver is being committed.
+    reserved: Option<OrderId>,
+    /// A grace-period action (unassign / driver_lost) was started for this order.
+    handled_loss: Option<OrderId>,
+    blocked_until: Option<Instant>,
+    fleet_dirty: bool,
+    last_fleet: Option<Instant>,
+    pos_dirty: bool,
+}
+
+struct Waiting {
+    version: i32,
+    shop: GeoPoint,
+    seq: u64,
+    retry_at: Option<Instant>,
+}
+
+struct State {
+    hub: Arc<Hub>,
+    max_m: f64,
+    stale: Duration,
+    grace: Duration,
+    drivers: HashMap<DriverId, Driver>,
+    index: DriverIndex,
+    /// Orders waiting for a driver, by arrival; `queue` orders them oldest first.
+    waiting: HashMap<OrderId, Waiting>,
+    queue: BTreeMap<u64, OrderId>,
+    next_seq: u64,
+    /// Assignments being committed.
+    inflight: HashMap<OrderId, DriverId>,
+    declined: HashMap<OrderId, HashSet<DriverId>>,
+    /// (version, shop, queue position) of orders whose assignment is being committed.
+    waiting_parked: HashMap<OrderId, (i32, GeoPoint, u64)>,
+    last_flush: Instant,
+}
+
+/// Runs the dispatcher until the hub shuts down. It waits for [`super::DispatchHandle::start`].
+pub fn spawn(rx: Receivers) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(rx))
+}
+
+async fn run(mut rx: Receivers) {
+    // Wait for the hub; messages that arrive before it are replayed after recovery.
+    let mut early = Vec::new();
+    let hub = loop {
+        match rx.control.recv().await {
+            Some(Control::Start(hub)) => break hub,
+            Some(other) => early.push(other),
+            None => return,
+        }
+    };
+    let mut st = State {
+        max_m: hub.config.dispatch_max_km * 1000.0,
+        stale: Duration::from_secs(hub.config.driver_stale_s),
+        grace: Duration::from_secs(hub.config.driver_grace_s),
+        hub,
+        drivers: HashMap::new(),
+        index: DriverIndex::new(),
+        waiting: HashMap::new(),
+        queue: BTreeMap::new(),
+        next_seq: 0,
+        inflight: HashMap::new(),
+        declined: HashMap::new(),
+        waiting_parked: HashMap::new(),
+        last_flush: Instant::now(),
+    };
+    if let Err(e) = st.recover().await {
+        tracing::error!(error = %e, "dispatcher could not rebuild its state from Postgres");
+    }
+    for m in early {
+        st.control(m);
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let shutdown = st.hub.shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            m = rx.control.recv() => match m {
+                Some(m) => st.control(m),
+                None => break,
+            },
+            Some(Location(d, p)) = rx.locations.recv() => st.location(d, p),
+            _ = tick.tick() => st.tick(),
+        }
+    }
+    st.flush_positions(true);
+}
+
+impl State {
+    async fn recover(&mut self) -> Result<(), sqlx::Error> {
+        let db = self.hub.db.clone();
+        let now = Instant::now();
+        for (id, lat, lng) in store::fleet::drivers(&db).await? {
+            let pos = match (lat, lng) {
+                (Some(lat), Some(lng)) => GeoPoint::new(lat, lng).ok(),
+                _ => None,
+            };
+            self.drivers.insert(
+                DriverId(id),
+                Driver {
+                    pos,
+                    available: true,
+                    offline_since: Some(now),
+                    ..Driver::default()
+                },
+            );
+        }
+        for (order, driver, status) in store::fleet::busy_drivers(&db).await? {
+            let d = self.drivers.entry(DriverId(driver)).or_default();
+            d.order = Some(OrderId(order));
+            d.picked_up = status == "picked_up";
+            d.offline_since.get_or_insert(now);
+        }
+        for (order, driver) in store::fleet::declines(&db).await? {
+            self.declined
+                .entry(OrderId(order))
+                .or_default()
+                .insert(DriverId(driver));
+        }
+        let ready = store::fleet::ready_orders(&db).await?;
+        let n = ready.len();
+        for r in ready {
+            if let Ok(shop) = GeoPoint::new(r.shop_lat, r.shop_lng) {
+                let version =
+                    sqlx::query_scalar::<_, i32>("SELECT version FROM orders WHERE id = $1")
+                        .bind(r.id)
+                        .fetch_one(&db)
+                        .await?;
+                self.enqueue(OrderId(r.id), version, shop);
+            }
+        }
+        tracing::info!(
+            drivers = self.drivers.len(),
+            waiting = n,
+            "dispatcher recovered"
+        );
+        Ok(())
+    }
+
+    fn control(&mut self, m: Control) {
+        match m {
+            Control::Order(c) => self.order_changed(c),
+            Control::Connected(d, conn) => {
+                let drv = self.drivers.entry(d).or_default();
+                if drv.conns.is_empty() {
+                    drv.available = true;
+                }
+                drv.conns.insert(conn);
+                self.refresh(d);
+            }
+            Control::Disconnected(d, conn) => {
+                if let Some(drv) = self.drivers.get_mut(&d) {
+                    drv.conns.remove(&conn);
+                }
+                self.refresh(d);
+            }
+            Control::Availability(d, available) => {
+                self.drivers.entry(d).or_default().available = available;
+                self.refresh(d);
+            }
+            Control::Assigned {
+                order,
+                driver,
+                result,
+            } => self.assign_done(order, driver, result),
+            Control::Fleet(reply) => {
+                let now = Instant::now();
+                let states = self
+                    .drivers
+                    .iter()
+                    .map(|(id, d)| self.driver_state(*id, d, now))
+                    .collect();
+                let _ = reply.send(states);
+            }
+            Control::Start(_) => {}
+        }
+    }
+
+    fn order_changed(&mut self, c: OrderChanged) {
+        // Whatever the change, the order is no longer waiting at its old version.
+        self.dequeue(c.id);
+        match c.status {
+            OrderStatus::Ready => {
+                if let Some(prev) = c.previous_driver {
+                    if c.kind == EventKind::Declined {
+                        self.declined.entry(c.id).or_default().insert(prev);
+                    }
+                    self.release(prev, c.id);
+                }
+                if let Some(shop) = c.shop_pos {
+                    self.enqueue(c.id, c.version, shop);
+                    self.try_dispatch(c.id);
+                }
+            }
+            OrderStatus::Assigned => {
+                self.inflight.remove(&c.id);
+                self.waiting_parked.remove(&c.id);
+                if let Some(d) = c.driver_id {
+                    let drv = self.drivers.entry(d).or_default();
+                    drv.reserved = None;
+                    drv.order = Some(c.id);
+                    drv.picked_up = false;
+                    drv.handled_loss = None;
+                    self.refresh(d);
+                }
+            }
+            OrderStatus::PickedUp => {
+                if let Some(d) = c.driver_id.and_then(|d| self.drivers.get_mut(&d)) {
+                    d.order = Some(c.id);
+                    d.picked_up = true;
+                }
+            }
+            OrderStatus::Delivered | OrderStatus::DeliveryFailed => {
+                self.declined.remove(&c.id);
+                if let Some(d) = c.driver_id {
+                    self.release(d, c.id);
+                }
+            }
+            OrderStatus::Pending
+            | OrderStatus::Accepted
+            | OrderStatus::Rejected
+            | OrderStatus::Cancelled => {
+                self.declined.remove(&c.id);
+            }
+        }
+    }
+
+    /// The driver no longer holds `order`.
+    fn release(&mut self, d: DriverId, order: OrderId) {
+        if let Some(drv) = self.drivers.get_mut(&d) {
+            if drv.order == Some(order) {
+                drv.order = None;
+                drv.picked_up = false;
+                drv.handled_loss = None;
+            }
+            self.refresh(d);
+        }
+    }
+
+    fn enqueue(&mut self, id: OrderId, version: i32, shop: GeoPoint) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.enqueue_at(id, version, shop, seq);
+    }
+
+    fn enqueue_at(&mut self, id: OrderId, version: i32, shop: GeoPoint, seq: u64) {
+        self.queue.insert(seq, id);
+        self.waiting.insert(
+            id,
+            Waiting {
+                version,
+                shop,
+                seq,
+                retry_at: None,
+            },
+        );
+        metrics::gauge!("hub_dispatch_waiting").set(self.waiting.len() as f64);
+    }
+
+    fn dequeue(&mut self, id: OrderId) -> Option<Waiting> {
+        let w = self.waiting.remove(&id)?;
+        self.queue.remove(&w.seq);
+        metrics::gauge!("hub_dispatch_waiting").set(self.waiting.len() as f64);
+        Some(w)
+    }
+
+    fn is_online(&self, d: &Driver, now: Instant) -> bool {
+        !d.conns.is_empty()
+            && d.last_seen
+                .is_some_and(|t| now.duration_since(t) < self.stale)
+    }
+
+    fn is_free(&self, d: &Driver, now: Instant) -> bool {
+        self.is_online(d, now)
+            && d.available
+            && d.order.is_none()
+            && d.reserved.is_none()
+            && d.pos.is_some()
+            && d.blocked_until.is_none_or(|t| now >= t)
+    }
+
+    /// Brings a driver's index membership and online bookkeeping in line with its state, and
+    /// offers a newly free driver to the waiting orders.
+    fn refresh(&mut self, id: DriverId) {
+        let now = Instant::now();
+        let Some(d) = self.drivers.get(&id) else {
+            return;
+        };
+        let online = self.is_online(d, now);
+        let free = self.is_free(d, now);
+        let was_indexed = d.indexed_at;
+        let pos = d.pos;
+        let Some(d) = self.drivers.get_mut(&id) else {
+            return;
+        };
+        if online {
+            d.offline_since = None;
+        } else if d.offline_since.is_none() {
+            d.offline_since = Some(now);
+        }
+        d.fleet_dirty = true;
+        match (free, was_indexed, pos) {
+            (true, Some(old), Some(new)) if old != new => {
+                self.index.relocate(id, old, new);
+                d.indexed_at = Some(new);
+            }
+            (true, None, Some(new)) => {
+                self.index.insert(id, new);
+                d.indexed_at = Some(new);
+            }
+            (false, Some(old), _) => {
+                self.index.remove(id, old);
+                d.indexed_at = None;
+            }
+            _ => {}
+        }
+        if free && !self.waiting.is_empty() {
+            self.offer_driver(id);
+        }
+        self.publish_fleet(id);
+    }
+
+    fn location(&mut self, id: DriverId, p: GeoPoint) {
+        let d = self.drivers.entry(id).or_default();
+        d.pos = Some(p);
+        d.last_seen = Some(Instant::now());
+        d.pos_dirty = true;
+        self.refresh(id);
+    }
+
+    /// The oldest waiting order within range that this driver has not declined gets them.
+    fn offer_driver(&mut self, id: DriverId) {
+        let Some(pos) = self.drivers.get(&id).and_then(|d| d.indexed_at) else {
+            return;
+        };
+        let now = Instant::now();
+        let pick = self.queue.values().copied().find(|o| {
+            let Some(w) = self.waiting.get(o) else {
+                return false;
+            };
+            w.retry_at.is_none_or(|t| now >= t)
+                && !self.declined.get(o).is_some_and(|s| s.contains(&id))
+                && w.shop.haversine_m(pos) <= self.max_m
+        });
+        if let Some(order) = pick {
+            let dist = self.waiting.get(&order).map(|w| w.shop.haversine_m(pos));
+            self.assign(order, id, dist.unwrap_or(0.0));
+        }
+    }
+
+    /// Finds the nearest free driver for a waiting order and starts the assignment.
+    fn try_dispatch(&mut self, order: OrderId) {
+        let Some(w) = self.waiting.get(&order) else {
+            return;
+        };
+        if w.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let declined = self.declined.get(&order);
+        let found = self.index.nearest(w.shop, self.max_m, |d| {
+            declined.is_some_and(|s| s.contains(&d))
+        });
+        if let Some((driver, dist)) = found {
+            self.assign(order, driver, dist);
+        }
+    }
+
+    /// Reserves the driver (out of the free index) and commits `ready → assigned` off-loop.
+    fn assign(&mut self, order: OrderId, driver: DriverId, distance_m: f64) {
+        let Some(w) = self.dequeue(order) else { return };
+        if let Some(d) = self.drivers.get_mut(&driver) {
+            d.reserved = Some(order);
+        }
+        self.inflight.insert(order, driver);
+        self.refresh(driver);
+        // Keep what we need to put the order back if the commit fails.
+        self.waiting_parked
+            .insert(order, (w.version, w.shop, w.seq));
+        let hub = self.hub.clone();
+        let version = w.version;
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let req = TransitionRequest {
+                action: Action::Assign,
+                expected_version: version,
+                otp: None,
+                reason: None,
+            };
+            let sys = SystemInput {
+                assign_to: Some(driver),
+                distance_m: Some(distance_m),
+            };
+            let result = match hub.transition_with(Actor::SYSTEM, order, req, sys).await {
+                Ok(_) => Ok(()),
+                Err(Error::VersionConflict { current, .. })
+                | Err(Error::InvalidTransition { current, .. }) => Err(AssignFailure::Moved(Some(
+                    (current.status, current.version),
+                ))),
+                Err(Error::NotFound) => Err(AssignFailure::Moved(None)),
+                Err(Error::Validation(_)) => Err(AssignFailure::DriverBusy),
+                Err(e) => {
+                    tracing::warn!(error = %e, %order, "assignment failed; will retry");
+                    Err(AssignFailure::Transient)
+                }
+            };
+            metrics::histogram!("hub_dispatch_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            hub.dispatch.assigned(order, driver, result);
+        });
+    }
+
+    fn assign_done(&mut self, order: OrderId, driver: DriverId, result: Result<(), AssignFailure>) {
+        let parked = self.waiting_parked.remove(&order);
+        let Err(failure) = result else { return };
+        // The commit did not happen: the driver is free again, the order waits again.
+        if self.inflight.get(&order) == Some(&driver) {
+            self.inflight.remove(&order);
+        }
+        let now = Instant::now();
+        if let Some(d) = self.drivers.get_mut(&driver)
+            && d.reserved == Some(order)
+        {
+            d.reserved = None;
+            if matches!(failure, AssignFailure::DriverBusy) {
+                d.blocked_until = Some(now + BUSY_COOLDOWN);
+            }
+        }
+        if let Some((version, shop, seq)) = parked {
+            match failure {
+                AssignFailure::Moved(Some((OrderStatus::Ready, v))) => {
+                    self.enqueue_at(order, v, shop, seq)
+                }
+                AssignFailure::Moved(_) => {}
+                AssignFailure::DriverBusy => self.enqueue_at(order, version, shop, seq),
+                AssignFailure::Transient => {
+                    self.enqueue_at(order, version, shop, seq);
+                    if let Some(w) = self.waiting.get_mut(&order) {
+                        w.retry_at = Some(now + RETRY_AFTER);
+                    }
+                }
+            }
+        }
+        self.refresh(driver);
+        self.try_dispatch(order);
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        // Drivers whose last location is too old go offline; free ones leave the index.
+        let ids: Vec<DriverId> = self.drivers.keys().copied().collect();
+        for id in &ids {
+            let Some(d) = self.drivers.get(id) else {
+                continue;
+            };
+            let online = self.is_online(d, now);
+            let stale_in_index = d.indexed_at.is_some() && !self.is_free(d, now);
+            let unblocked = d.blocked_until.is_some_and(|t| now >= t);
+            if (online == d.offline_since.is_some()) || stale_in_index || unblocked {
+                if unblocked && let Some(d) = self.drivers.get_mut(id) {
+                    d.blocked_until = None;
+                }
+                self.refresh(*id);
+            }
+        }
+        // Drivers offline past the grace period while holding an order.
+        let grace: Vec<(DriverId, OrderId, bool)> = self
+            .drivers
+            .iter()
+            .filter_map(|(id, d)| {
+                let order = d.order?;
+                let since = d.offline_since?;
+                (now.duration_since(since) >= self.grace && d.handled_loss != Some(order))
+                    .then_some((*id, order, d.picked_up))
+            })
+            .collect();
+        for (driver, order, picked_up) in grace {
+            if let Some(d) = self.drivers.get_mut(&driver) {
+                d.handled_loss = Some(order);
+            }
+            self.spawn_lost(driver, order, picked_up);
+        }
+        // Orders whose retry time has come.
+        let due: Vec<OrderId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.retry_at.is_some_and(|t| now >= t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(w) = self.waiting.get_mut(&id) {
+                w.retry_at = None;
+            }
+            self.try_dispatch(id);
+        }
+        for id in ids {
+            self.publish_fleet(id);
+        }
+        let every = Duration::from_secs(self.hub.config.position_flush_s.max(1));
+        if now.duration_since(self.last_flush) >= every {
+            self.flush_positions(false);
+        }
+    }
+
+    /// A driver offline past the grace period: before pickup the order goes back to the queue
+    /// (`unassign`); after pickup it is not silently reassigned — `driver_lost` is recorded.
+    fn spawn_lost(&self, driver: DriverId, order: OrderId, picked_up: bool) {
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            let current = match hub.get_order(Actor::SYSTEM, order).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, %order, "could not read order of a lost driver");
+                    return;
+                }
+            };
+            if current.driver_id != Some(driver) {
+                return;
+            }
+            let action = match (current.status, picked_up) {
+                (OrderStatus::Assigned, _) => Action::Unassign,
+                (OrderStatus::PickedUp, _) => Action::ReportDriverLost,
+                _ => return,
+            };
+            let req = TransitionRequest {
+                action,
+                expected_version: current.version,
+                otp: None,
+                reason: Some("driver offline past the grace period".into()),
+            };
+            match hub.transition(Actor::SYSTEM, order, req).await {
+                Ok(_) => tracing::info!(%order, %driver, ?action, "driver lost"),
+                Err(e) => tracing::warn!(error = %e, %order, "could not handle a lost driver"),
+            }
+        });
+    }
+
+    fn driver_state(&self, id: DriverId, d: &Driver, now: Instant) -> DriverState {
+        let state = if !self.is_online(d, now) {
+            "offline"
+        } else if d.order.is_some() || d.reserved.is_some() {
+            "busy"
+        } else if !d.available {
+            "unavailable"
+        } else {
+            "free"
+        };
+        DriverState {
+            id,
+            lat: d.pos.map(|p| p.lat),
+            lng: d.pos.map(|p| p.lng),
+            state,
+            order_id: d.order.or(d.reserved),
+            at: Utc::now(),
+        }
+    }
+
+    /// Sends a driver's state to `fleet`, at most once per second per driver.
+    fn publish_fleet(&mut self, id: DriverId) {
+        let now = Instant::now();
+        let Some(d) = self.drivers.get(&id) else {
+            return;
+        };
+        if !d.fleet_dirty
+            || d.last_fleet
+                .is_some_and(|t| now.duration_since(t) < FLEET_EVERY)
+        {
+            return;
+        }
+        let registry = self.hub.registry.clone();
+        if registry.subscriber_count(Topic::Fleet) > 0 {
+            let state = self.driver_state(id, d, now);
+            if let Ok(json) = serde_json::to_string(&state) {
+                let text = format!(r#"{{"type":"driver","topic":"fleet","driver":{json}}}"#);
+                registry.publish(Topic::Fleet, &Outbound::Text(text.into()));
+            }
+        }
+        if let Some(d) = self.drivers.get_mut(&id) {
+            d.fleet_dirty = false;
+            d.last_fleet = Some(now);
+        }
+    }
+
+    /// Writes the positions that changed since the last flush, in one statement, off-loop.
+    fn flush_positions(&mut self, wait: bool) {
+        self.last_flush = Instant::now();
+        let now = Utc::now();
+        let (mut ids, mut lats, mut lngs, mut ats) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, d) in self.drivers.iter_mut() {
+            if !d.pos_dirty {
+                continue;
+            }
+            d.pos_dirty = false;
+            if let Some(p) = d.pos {
+                ids.push(id.0);
+                lats.push(p.lat);
+                lngs.push(p.lng);
+                ats.push(now);
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let db = self.hub.db.clone();
+        let task = async move {
+            let ids: Vec<Uuid> = ids;
+            if let Err(e) = store::fleet::save_positions(&db, &ids, &lats, &lngs, &ats).await {
+                tracing::warn!(error = %e, "could not save driver positions");
+            }
+        };
+        if wait {
+            self.hub.tasks.spawn(task);
+        } else {
+            tokio::spawn(task);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The dispatcher: one task that owns the free-driver R-tree, the queue of orders waiting for
+//! a driver, and every decision to assign. It is an actor — the only writer of assignments,
+//! fed by channels — so its hot path takes no locks and a driver cannot be assigned twice by
+//! construction. Assignments are still committed through the ordinary transition path (the
+//! database's one-active-order-per-driver index stays as the safety net).
+
+mod actor;
+pub mod index;
+pub mod sweeper;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{DriverId, EventKind, GeoPoint, OrderId, OrderStatus, ShopId};
+use crate::realtime::registry::ConnId;
+use crate::service::Hub;
+
+pub use actor::spawn;
+
+/// A committed order change, as the dispatcher needs to know it.
+#[derive(Debug, Clone)]
+pub struct OrderChanged {
+    pub id: OrderId,
+    pub version: i32,
+    pub shop_id: ShopId,
+    pub status: OrderStatus,
+    pub kind: EventKind,
+    pub driver_id: Option<DriverId>,
+    pub previous_driver: Option<DriverId>,
+    /// The shop's position, given when the order became `ready`.
+    pub shop_pos: Option<GeoPoint>,
+}
+
+/// A driver as the `fleet` topic shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverState {
+    pub id: DriverId,
+    pub lat: Option<f64>,
+    pub lng: Option<f64>,
+    pub state: &'static str,
+    pub order_id: Option<OrderId>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub(crate) enum Control {
+    Order(OrderChanged),
+    Connected(DriverId, ConnId),
+    Disconnected(DriverId, ConnId),
+    Availability(DriverId, bool),
+    Assigned {
+        order: OrderId,
+        driver: DriverId,
+        result: Result<(), AssignFailure>,
+    },
+    Fleet(oneshot::Sender<Vec<DriverState>>),
+    Start(Arc<Hub>),
+}
+
+#[derive(Debug)]
+pub(crate) enum AssignFailure {
+    /// The order is no longer `ready` at this version (it holds the current status, version).
+    Moved(Option<(OrderStatus, i32)>),
+    /// The database said the driver already has an active order.
+    DriverBusy,
+    /// Anything transient: retry later.
+    Transient,
+}
+
+pub(crate) struct Location(DriverId, GeoPoint);
+
+/// The sending side of the dispatcher. Control messages are never dropped; locations are
+/// lossy under overload (the next one a driver sends supersedes it anyway).
+#[derive(Clone)]
+pub struct DispatchHandle {
+    control: mpsc::UnboundedSender<Control>,
+    locations: mpsc::Sender<Location>,
+}
+
+impl DispatchHandle {
+    pub fn order_changed(&self, c: OrderChanged) {
+        let _ = self.control.send(Control::Order(c));
+    }
+
+    pub fn driver_connected(&self, d: DriverId, conn: ConnId) {
+        let _ = self.control.send(Control::Connected(d, conn));
+    }
+
+    pub fn driver_disconnected(&self, d: DriverId, conn: ConnId) {
+        let _ = self.control.send(Control::Disconnected(d, conn));
+    }
+
+    pub fn driver_availability(&self, d: DriverId, available: bool) {
+        let _ = self.control.send(Control::Availability(d, available));
+    }
+
+    /// Returns false when the location was dropped because the dispatcher is overloaded.
+    pub fn driver_location(&self, d: DriverId, at: GeoPoint) -> bool {
+        self.locations.try_send(Location(d, at)).is_ok()
+    }
+
+    pub(crate) fn assigned(
+        &self,
+        order: OrderId,
+        driver: DriverId,
+        result: Result<(), AssignFailure>,
+    ) {
+        let _ = self.control.send(Control::Assigned {
+            order,
+            driver,
+            result,
+        });
+    }
+
+    /// Every known driver's state, for the `fleet` snapshot.
+    pub async fn fleet(&self) -> Vec<DriverState> {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Fleet(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Hands the dispatcher the hub it works for; it then rebuilds its state from Postgres.
+    pub fn start(&self, hub: Arc<Hub>) {
+        let _ = self.control.send(Control::Start(hub));
+    }
+}
+
+/// Creates the channels; [`spawn`] runs the actor on the receiving ends.
+pub fn channel() -> (DispatchHandle, Receivers) {
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let (locations, locations_rx) = mpsc::channel(65_536);
+    (
+        DispatchHandle { control, locations },
+        Receivers {
+            control: control_rx,
+            locations: locations_rx,
+        },
+    )
+}
+
+pub struct Receivers {
+    control: mpsc::UnboundedReceiver<Control>,
+    locations: mpsc::Receiver<Location>,
+}

@@ -1,0 +1,94 @@
+//! Admin creation of shops and drivers, login, logout, buyer sign-up, `me`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{ApiJson, Auth, BearerToken};
+use crate::error::Result;
+use crate::service::Hub;
+use crate::service::auth::LoginRequest;
+use crate::service::catalog::{NewDriverRequest, NewShopRequest};
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/admin/shops", post(create_shop))
+        .route("/admin/drivers", post(create_driver))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/buyers", post(sign_up))
+        .route("/me", get(me))
+}
+
+async fn create_shop(
+    State(hub): State<Arc<Hub>>,
+    Auth(actor): Auth,
+    ApiJson(req): ApiJson<NewShopRequest>,
+) -> Result<impl IntoResponse> {
+    let (shop, code) = hub.create_shop(actor, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"shop": shop, "login_code": code})),
+    ))
+}
+
+async fn create_driver(
+    State(hub): State<Arc<Hub>>,
+    Auth(actor): Auth,
+    ApiJson(req): ApiJson<NewDriverRequest>,
+) -> Result<impl IntoResponse> {
+    let (driver, code) = hub.create_driver(actor, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"driver": driver, "login_code": code})),
+    ))
+}
+
+async fn login(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(hub.login(req, peer.ip()).await?))
+}
+
+async fn logout(
+    State(hub): State<Arc<Hub>>,
+    BearerToken(token): BearerToken,
+) -> Result<StatusCode> {
+    hub.authenticate(&token).await?;
+    hub.logout(&token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignUp {
+    name: String,
+    phone: String,
+}
+
+async fn sign_up(
+    State(hub): State<Arc<Hub>>,
+    ApiJson(req): ApiJson<SignUp>,
+) -> Result<impl IntoResponse> {
+    let (buyer, t) = hub.sign_up_buyer(&req.name, &req.phone).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "buyer": buyer, "token": t.token, "role": t.role,
+            "subject_id": t.subject_id, "expires_at": t.expires_at,
+        })),
+    ))
+}
+
+async fn me(Auth(actor): Auth) -> impl IntoResponse {
+    Json(json!({"role": actor.role, "subject_id": actor.id}))
+}

@@ -1,0 +1,87 @@
+//! The HTTP front door: axum routers, one file per resource. Handlers only translate between
+//! HTTP and the service; every decision lives in `service`.
+
+mod accounts;
+pub mod error;
+pub mod extract;
+mod orders;
+mod shops;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::error::Error;
+use crate::realtime::protocol::MAX_TEXT;
+use crate::service::Hub;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn router(
+    hub: Arc<Hub>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let api = Router::new()
+        .merge(accounts::routes())
+        .merge(shops::routes())
+        .merge(orders::routes())
+        .fallback(|| async { Error::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    let web = ServeDir::new(&hub.config.web_dir).append_index_html_on_directories(true);
+    Router::new()
+        .nest("/api", api)
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/ws", get(ws))
+        .fallback_service(web)
+        .layer(TraceLayer::new_for_http())
+        .with_state(hub)
+}
+
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    match sqlx::query("SELECT 1").execute(&hub.db).await {
+        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(_) => Error::Unavailable.into_response(),
+    }
+}
+
+async fn ws(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return Error::BadRequest("expected a WebSocket upgrade".into()).into_response();
+    };
+    if hub.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let tasks = hub.tasks.clone();
+    upgrade
+        // Frames between 16 KiB and this hard cap are refused with close 1009 by the session.
+        .max_message_size(4 * MAX_TEXT)
+        .max_frame_size(4 * MAX_TEXT)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tasks.track_future(crate::realtime::session::run(hub, socket, peer))
+        })
+}

@@ -1,0 +1,165 @@
+//! The topic registry: which connection listens to which topic, and the publisher that hands
+//! each of them the same pre-serialized bytes without ever waiting on a socket.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::topic::Topic;
+use crate::domain::{DriverId, OrderId};
+use crate::service::views::{EventView, OrderView};
+
+pub type ConnId = u64;
+
+/// What a connection's queue carries. Cloning is cheap: the text is reference-counted.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An order event: the session drops it unless `version` is newer than what it already sent.
+    Order {
+        order_id: OrderId,
+        version: i32,
+        is_final: bool,
+        text: Utf8Bytes,
+    },
+    /// Anything else (fleet driver states).
+    Text(Utf8Bytes),
+}
+
+/// One connection's end of the fan-out.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the queue overflowed; the session then closes with 4408.
+    pub lagged: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    topics: DashMap<Topic, HashMap<ConnId, Subscriber>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers `conn` for `topic`; returns false when it already was.
+    pub fn subscribe(&self, topic: Topic, conn: ConnId, sub: Subscriber) -> bool {
+        let added = self
+            .topics
+            .entry(topic)
+            .or_default()
+            .insert(conn, sub)
+            .is_none();
+        if added {
+            metrics::gauge!("hub_subscriptions").increment(1.0);
+        }
+        added
+    }
+
+    pub fn unsubscribe(&self, topic: Topic, conn: ConnId) -> bool {
+        let removed = match self.topics.get_mut(&topic) {
+            Some(mut subs) => subs.remove(&conn).is_some(),
+            None => false,
+        };
+        if removed {
+            metrics::gauge!("hub_subscriptions").decrement(1.0);
+            self.topics.remove_if(&topic, |_, subs| subs.is_empty());
+        }
+        removed
+    }
+
+    pub fn subscriber_count(&self, topic: Topic) -> usize {
+        self.topics.get(&topic).map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Hands `msg` to every subscriber of `topic` without waiting. Returns how many took it.
+    pub fn publish(&self, topic: Topic, msg: &Outbound) -> usize {
+        let Some(subs) = self.topics.get(&topic) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for sub in subs.values() {
+            match sub.tx.try_send(msg.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !sub.lagged.is_cancelled() {
+                        metrics::counter!("hub_slow_consumers_total").increment(1);
+                    }
+                    sub.lagged.cancel();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        metrics::counter!("hub_messages_delivered_total").increment(delivered as u64);
+        delivered
+    }
+
+    /// Publishes a committed order event to its topics: the shop, the buyer, the order, the
+    /// driver holding it (and `extra_driver`, the one it was just taken from), and `fleet`.
+    /// The order and event are serialized once; each topic only adds its envelope.
+    pub fn publish_order(&self, o: &OrderView, ev: &EventView, extra_driver: Option<DriverId>) {
+        let (Ok(order_json), Ok(event_json)) = (
+            serde_json::to_string(o),
+            serde_json::to_string(&WireEvent::from(ev)),
+        ) else {
+            tracing::error!(order = %o.id, "could not serialize an order event");
+            return;
+        };
+        metrics::counter!("hub_events_published_total").increment(1);
+        let mut topics = vec![
+            Topic::Shop(o.shop_id),
+            Topic::Buyer(o.buyer_id),
+            Topic::Order(o.id),
+            Topic::Fleet,
+        ];
+        topics.extend(o.driver_id.map(Topic::Driver));
+        topics.extend(extra_driver.map(Topic::Driver));
+        for topic in topics {
+            if self.subscriber_count(topic) == 0 {
+                continue;
+            }
+            let text = format!(
+                r#"{{"type":"order","topic":"{topic}","event":{event_json},"order":{order_json}}}"#
+            );
+            let msg = Outbound::Order {
+                order_id: o.id,
+                version: o.version,
+                is_final: o.status.is_final(),
+                text: text.into(),
+            };
+            self.publish(topic, &msg);
+        }
+    }
+}
+
+/// The `event` object of an `order` message.
+#[derive(serde::Serialize)]
+struct WireEvent<'a> {
+    kind: crate::domain::EventKind,
+    version: i32,
+    actor: &'a crate::service::views::ActorView,
+    payload: &'a serde_json::Value,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl<'a> From<&'a EventView> for WireEvent<'a> {
+    fn from(e: &'a EventView) -> Self {
+        Self {
+            kind: e.kind,
+            version: e.version,
+            actor: &e.actor,
+            payload: &e.payload,
+            at: e.at,
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! One task per socket: the auth handshake, then a loop that reads client frames, drains the
+//! connection's bounded outbound queue, pings, and watches for lag, idleness and shutdown.
+//!
+//! Snapshot-then-live without a gap: on `subscribe` the session registers in the registry
+//! *first*, then reads the snapshot from Postgres and sends it at once. Events published
+//! meanwhile wait in the queue and are sent after it; `sent` (the newest version this socket
+//! has carried per order) drops those the snapshot already covered, and also duplicates from
+//! overlapping topics. Because the queue is only drained by this loop, nothing of the new topic
+//! can overtake its snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{ClientMsg, MAX_TEXT, clean_ref, close, error_frame, error_from};
+use super::registry::{ConnId, Outbound, Subscriber};
+use super::topic::Topic;
+use crate::domain::{Actor, DriverId, GeoPoint, OrderId, Role};
+use crate::error::Error;
+use crate::service::Hub;
+use crate::service::orders::{TransitionRequest, visible};
+use crate::service::views::OrderView;
+use crate::store::orders::{self as store, Scope};
+
+const MAX_TOPICS: usize = 64;
+/// Inbound rate limit: a bucket of 50 messages refilled at 50 per second.
+const RATE: f64 = 50.0;
+/// Messages over the limit tolerated (after the `rate_limited` warning) before closing.
+const MAX_EXCESS: u32 = 50;
+
+/// Why the loop ended: a close frame to send, or nothing (the peer is gone).
+type Exit = Option<(u16, &'static str)>;
+
+struct Session {
+    hub: Arc<Hub>,
+    actor: Actor,
+    conn: ConnId,
+    sub: Subscriber,
+    topics: HashSet<Topic>,
+    /// Newest version sent per order on this socket.
+    sent: HashMap<OrderId, i32>,
+    tokens: f64,
+    refilled: Instant,
+    excess: u32,
+}
+
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
+    metrics::gauge!("hub_connections").increment(1.0);
+    let actor = match handshake(&hub, &mut socket).await {
+        Ok(a) => a,
+        Err(reason) => {
+            close_with(&mut socket, close::UNAUTHORIZED, reason).await;
+            metrics::gauge!("hub_connections").decrement(1.0);
+            return;
+        }
+    };
+    let welcome = json!({"type": "welcome", "role": actor.role, "subject_id": actor.id});
+    if socket
+        .send(Message::Text(welcome.to_string().into()))
+        .await
+        .is_err()
+    {
+        metrics::gauge!("hub_connections").decrement(1.0);
+        return;
+    }
+    let (tx, rx) = mpsc::channel(hub.config.ws_queue.max(1));
+    let mut s = Session {
+        conn: hub.registry.next_conn_id(),
+        sub: Subscriber {
+            tx,
+            lagged: CancellationToken::new(),
+        },
+        hub: hub.clone(),
+        actor,
+        topics: HashSet::new(),
+        sent: HashMap::new(),
+        tokens: RATE,
+        refilled: Instant::now(),
+        excess: 0,
+    };
+    let driver = (actor.role == Role::Driver)
+        .then(|| actor.id.map(DriverId))
+        .flatten();
+    if let Some(d) = driver {
+        hub.dispatch.driver_connected(d, s.conn);
+    }
+    tracing::debug!(conn = s.conn, %peer, role = actor.role.as_str(), "socket authenticated");
+    let exit = s.run_loop(&mut socket, rx).await;
+    for t in s.topics.drain() {
+        hub.registry.unsubscribe(t, s.conn);
+    }
+    if let Some(d) = driver {
+        hub.dispatch.driver_disconnected(d, s.conn);
+    }
+    if let Some((code, reason)) = exit {
+        close_with(&mut socket, code, reason).await;
+    }
+    metrics::gauge!("hub_connections").decrement(1.0);
+}
+
+async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, &'static str> {
+    let wait = Duration::from_secs(hub.config.ws_auth_timeout_s);
+    let first = loop {
+        match tokio::time::timeout(wait, socket.recv()).await {
+            Err(_) => return Err("auth timeout"),
+            Ok(None | Some(Err(_))) => return Err("closed before auth"),
+            Ok(Some(Ok(Message::Text(t)))) => break t,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => return Err("first message must be auth"),
+        }
+    };
+    if first.len() > MAX_TEXT {
+        return Err("auth message too large");
+    }
+    let Ok(ClientMsg::Auth { token }) = ClientMsg::parse(&first) else {
+        return Err("first message must be auth");
+    };
+    hub.authenticate(&token).await.map_err(|e| match e {
+        Error::Unavailable => "hub unavailable",
+        _ => "bad token",
+    })
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+impl Session {
+    async fn run_loop(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Outbound>) -> Exit {
+        let cfg = self.hub.config.clone();
+        let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_s.max(1)));
+        ping.reset();
+        let idle = Duration::from_secs(cfg.ws_idle_s.max(1));
+        let mut last_heard = Instant::now();
+        let shutdown = self.hub.shutdown.clone();
+        let lagged = self.sub.lagged.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "hub shutting down")),
+                _ = lagged.cancelled() => {
+                    metrics::counter!("hub_closed_slow_total").increment(1);
+                    return Some((close::TOO_SLOW, "too slow: outbound queue overflowed"));
+                }
+                frame = socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None | Some(Err(_)) => return None,
+                        Some(Ok(Message::Close(_))) => return Some((close::NORMAL, "bye")),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = error_frame(&Value::Null, "unsupported_frame", "binary frames are not supported");
+                            if self.send(socket, e).await.is_err() { return None; }
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            if t.len() > MAX_TEXT {
+                                return Some((close::TOO_BIG, "message over 16 KiB"));
+                            }
+                            if let Some(exit) = self.limit(socket).await {
+                                return exit;
+                            }
+                            if self.tokens_left() && let Err(exit) = self.handle(socket, &t).await {
+                                return exit;
+                            }
+                        }
+                    }
+                }
+                out = rx.recv() => {
+                    let out = out?;
+                    let text = match out {
+                        Outbound::Order { order_id, version, is_final, text } => {
+                            let prev = self.sent.get(&order_id).copied().unwrap_or(0);
+                            if version <= prev { continue; }
+                            if is_final { self.sent.remove(&order_id); } else { self.sent.insert(order_id, version); }
+                            text
+                        }
+                        Outbound::Text(text) => text,
+                    };
+                    // A socket that cannot take a frame must not hold us past the lag signal.
+                    tokio::select! {
+                        r = socket.send(Message::Text(text)) => if r.is_err() { return None },
+                        _ = lagged.cancelled() => return Some((close::TOO_SLOW, "too slow: outbound queue overflowed")),
+                        _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "hub shutting down")),
+                    }
+                    metrics::counter!("hub_frames_sent_total").increment(1);
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= idle {
+                        return Some((close::IDLE, "idle"));
+                    }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() { return None; }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, socket: &mut WebSocket, text: String) -> Result<(), ()> {
+        socket
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Token bucket. Returns an exit when the client keeps flooding after the warning.
+    async fn limit(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(RATE);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            if self.tokens >= RATE / 2.0 {
+                self.excess = 0;
+            }
+            return None;
+        }
+        self.excess += 1;
+        metrics::counter!("hub_rate_limited_total").increment(1);
+        if self.excess > MAX_EXCESS {
+            return Some(Some((close::FLOODING, "rate limit exceeded")));
+        }
+        if self.excess == 1 {
+            let e = error_frame(
+                &Value::Null,
+                "rate_limited",
+                "more than 50 messages per second; slow down",
+            );
+            if self.send(socket, e).await.is_err() {
+                return Some(None);
+            }
+        }
+        None
+    }
+
+    fn tokens_left(&self) -> bool {
+        self.excess == 0
+    }
+
+    /// Handles one client message. `Err` ends the session.
+    async fn handle(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Exit> {
+        let msg = match ClientMsg::parse(text) {
+            Ok(m) => m,
+            Err(why) => {
+                let e = error_frame(&Value::Null, "bad_request", &why);
+                return self.send(socket, e).await.map_err(|_| None);
+            }
+        };
+        let reply = match msg {
+            ClientMsg::Auth { .. } => {
+                error_frame(&Value::Null, "bad_request", "already authenticated")
+            }
+            ClientMsg::Ping => r#"{"type":"pong"}"#.to_owned(),
+            ClientMsg::Subscribe { topic, reference } => {
+                let r = clean_ref(reference);
+                match self.subscribe(&topic, &r).await {
+                    Ok(snapshot) => snapshot,
+                    Err((code, msg)) => error_frame(&r, code, &msg),
+                }
+            }
+            ClientMsg::Unsubscribe { topic, reference } => {
+                let r = clean_ref(reference);
+                match Topic::parse(&topic) {
+                    Some(t) => {
+                        if self.topics.remove(&t) {
+                            self.hub.registry.unsubscribe(t, self.conn);
+                        }
+                        json!({"type": "unsubscribed", "topic": topic, "ref": r}).to_string()
+                    }
+                    None => error_frame(&r, "bad_topic", "unknown topic"),
+                }
+            }
+            ClientMsg::Transition {
+                reference,
+                order_id,
+                action,
+                expected_version,
+                otp,
+                reason,
+            } => {
+                let r = clean_ref(reference);
+                let req = TransitionRequest {
+                    action,
+                    expected_version,
+                    otp,
+                    reason,
+                };
+                match self.hub.transition(self.actor, order_id, req).await {
+                    Ok(order) => json!({"type": "ack", "ref": r, "order": order}).to_string(),
+                    Err(e) => error_from(&r, &e),
+                }
+            }
+            ClientMsg::Location { lat, lng } => {
+                let Some(d) = self.driver() else {
+                    return self
+                        .send(
+                            socket,
+                            error_frame(&Value::Null, "forbidden", "only drivers send locations"),
+                        )
+                        .await
+                        .map_err(|_| None);
+                };
+                match GeoPoint::new(lat, lng) {
+                    Ok(p) => {
+                        self.hub.dispatch.driver_location(d, p);
+                        return Ok(());
+                    }
+                    Err(e) => error_frame(&Value::Null, "bad_location", &e.to_string()),
+                }
+            }
+            ClientMsg::Availability { available } => match self.driver() {
+                Some(d) => {
+                    self.hub.dispatch.driver_availability(d, available);
+                    json!({"type": "availability", "available": available}).to_string()
+                }
+                None => error_frame(&Value::Null, "forbidden", "only drivers set availability"),
+            },
+        };
+        self.send(socket, reply).await.map_err(|_| None)
+    }
+
+    fn driver(&self) -> Option<DriverId> {
+        (self.actor.role == Role::Driver)
+            .then_some(self.actor.id.map(DriverId))
+            .flatten()
+    }
+
+    /// Authorizes, registers, then reads and returns the snapshot frame.
+    async fn subscribe(&mut self, raw: &str, r: &Value) -> Result<String, (&'static str, String)> {
+        let topic = Topic::parse(raw).ok_or(("bad_topic", format!("unknown topic {raw:?}")))?;
+        let forbidden = || ("forbidden", format!("you may not subscribe to {raw}"));
+        let a = self.actor;
+        let is_admin = a.role == Role::Admin;
+        let own = |role: Role, id: uuid::Uuid| is_admin || (a.role == role && a.id == Some(id));
+        let allowed = match topic {
+            Topic::Shop(s) => own(Role::Vendor, s.0),
+            Topic::Driver(d) => own(Role::Driver, d.0),
+            Topic::Buyer(b) => own(Role::Buyer, b.0),
+            Topic::Fleet => is_admin,
+            Topic::Order(_) => true, // decided below, from the order itself
+        };
+        if !allowed {
+            return Err(forbidden());
+        }
+        if !self.topics.contains(&topic) && self.topics.len() >= MAX_TOPICS {
+            return Err((
+                "bad_request",
+                format!("at most {MAX_TOPICS} topics per connection"),
+            ));
+        }
+        // Register first, then read: nothing committed in between can be missed.
+        let fresh = self
+            .hub
+            .registry
+            .subscribe(topic, self.conn, self.sub.clone());
+        let snapshot = self.read_snapshot(topic).await;
+        let (orders, drivers) = match snapshot {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                if fresh {
+                    self.hub.registry.unsubscribe(topic, self.conn);
+                }
+                return Err(forbidden());
+            }
+            Err(e) => {
+                if fresh {
+                    self.hub.registry.unsubscribe(topic, self.conn);
+                }
+                return Err((e.code(), e.to_string()));
+            }
+        };
+        self.topics.insert(topic);
+        for o in &orders {
+            let prev = self.sent.get(&o.id).copied().unwrap_or(0);
+            if o.version > prev && !o.status.is_final() {
+                self.sent.insert(o.id, o.version);
+            }
+        }
+        let mut frame = json!({"type": "snapshot", "topic": raw, "ref": r, "orders": orders});
+        if let Some(d) = drivers {
+            frame["drivers"] = d;
+        }
+        Ok(frame.to_string())
+    }
+
+    /// The snapshot of a topic, or `None` when the caller may not see it.
+    async fn read_snapshot(
+        &self,
+        topic: Topic,
+    ) -> Result<Option<(Vec<OrderView>, Option<Value>)>, Error> {
+        let db = &self.hub.db;
+        let orders = match topic {
+            Topic::Shop(s) => store::active(db, Scope::Shop(s)).await?,
+            Topic::Buyer(b) => store::active(db, Scope::Buyer(b)).await?,
+            Topic::Driver(d) => store::active(db, Scope::Driver(d)).await?,
+            Topic::Fleet => store::active(db, Scope::All).await?,
+            Topic::Order(id) => match store::get(db, id).await? {
+                Some(o) if visible(self.actor, &o.view) => vec![o],
+                _ => return Ok(None),
+            },
+        };
+        let drivers = if topic == Topic::Fleet {
+            Some(serde_json::to_value(self.hub.dispatch.fleet().await).unwrap_or_default())
+        } else {
+            None
+        };
+        Ok(Some((
+            orders.into_iter().map(|o| o.view).collect(),
+            drivers,
+        )))
+    }
+}

@@ -1,0 +1,279 @@
+//! Who is calling: login codes (Argon2id), bearer tokens (256-bit random, stored as SHA-256),
+//! buyer sign-up, OTPs, and the failed-login limiter.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use rand::{Rng, RngCore, rngs::OsRng};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::Hub;
+use crate::domain::{Actor, OrderId, Role};
+use crate::error::{Error, Result};
+use crate::store::accounts;
+
+/// Failed logins allowed per account and per client address in one window.
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Wrong OTPs allowed before an order's OTP locks.
+pub const MAX_OTP_ATTEMPTS: i32 = 5;
+
+/// Secrets held in memory only.
+pub struct Secrets {
+    admin_token_sha: Option<[u8; 32]>,
+    otp_key: [u8; 32],
+    login_params: Params,
+}
+
+impl Secrets {
+    pub fn new(admin_token: Option<&str>, secret: Option<&str>, login_hash_kib: u32) -> Self {
+        let otp_key = match secret {
+            Some(s) => Sha256::digest(format!("dispatch-hub otp key\0{s}").as_bytes()).into(),
+            None => {
+                tracing::warn!(
+                    "HUB_SECRET is not set: OTPs of orders placed before a restart cannot be re-issued on idempotent retries"
+                );
+                let mut k = [0u8; 32];
+                OsRng.fill_bytes(&mut k);
+                k
+            }
+        };
+        let login_params =
+            Params::new(login_hash_kib.max(8), 2, 1, None).unwrap_or_else(|_| Params::default());
+        Self {
+            admin_token_sha: admin_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            otp_key,
+            login_params,
+        }
+    }
+
+    fn is_admin_token(&self, token: &str) -> bool {
+        match &self.admin_token_sha {
+            Some(want) => {
+                let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                bool::from(got.ct_eq(want))
+            }
+            None => false,
+        }
+    }
+
+    pub fn admin_enabled(&self) -> bool {
+        self.admin_token_sha.is_some()
+    }
+
+    /// The order's 6-digit OTP, derived from the server secret so that the database holds only
+    /// its hash and an idempotent retry can still hand the buyer the same code.
+    pub fn otp_for(&self, order: OrderId) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.otp_key) else {
+            return "000000".into(); // unreachable: HMAC takes keys of any length
+        };
+        mac.update(order.0.as_bytes());
+        let out = mac.finalize().into_bytes();
+        let n = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) % 1_000_000;
+        format!("{n:06}")
+    }
+}
+
+/// A fresh uniformly random 6-digit code.
+pub fn new_code() -> String {
+    format!("{:06}", OsRng.gen_range(0..1_000_000u32))
+}
+
+/// A fresh bearer token and the SHA-256 (hex) under which it is stored.
+pub fn new_token() -> (String, String) {
+    let mut raw = [0u8; 32];
+    OsRng.fill_bytes(&mut raw);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Argon2id hash of a short code, computed off the async runtime.
+pub async fn hash_code(code: String, params: Params) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(code.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(anyhow::anyhow!("argon2: {e}")))
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Checks a code against its Argon2id hash, off the async runtime.
+pub async fn verify_code(hash: String, code: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| Error::internal(anyhow::anyhow!("stored hash: {e}")))?;
+        Ok(Argon2::default()
+            .verify_password(code.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Argon2id parameters for OTPs: cheap enough for hundreds of orders per second. The OTP is
+/// keyed by the server secret, so a stolen database alone does not reveal it.
+pub fn otp_params() -> Params {
+    Params::new(1024, 1, 1, None).unwrap_or_else(|_| Params::default())
+}
+
+/// Counts failed logins per key (an account or a client address) in a sliding window.
+#[derive(Default)]
+pub struct LoginLimiter {
+    failures: DashMap<String, VecDeque<Instant>>,
+}
+
+impl LoginLimiter {
+    /// `Err(RateLimited)` when any key has used up its failures.
+    pub fn check(&self, keys: &[String]) -> Result<()> {
+        let now = Instant::now();
+        for k in keys {
+            if let Some(mut q) = self.failures.get_mut(k) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+                {
+                    q.pop_front();
+                }
+                if q.len() >= MAX_FAILURES {
+                    let oldest = q.front().copied().unwrap_or(now);
+                    let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(oldest));
+                    return Err(Error::RateLimited {
+                        retry_after_s: wait.as_secs().max(1),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fail(&self, keys: &[String]) {
+        let now = Instant::now();
+        for k in keys {
+            let mut q = self.failures.entry(k.clone()).or_default();
+            q.push_back(now);
+            while q.len() > MAX_FAILURES {
+                q.pop_front();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub role: Role,
+    pub account_id: Uuid,
+    pub code: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub role: Role,
+    pub subject_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Hub {
+    /// Resolves a bearer token to the acting principal.
+    pub async fn authenticate(&self, token: &str) -> Result<Actor> {
+        if token.is_empty() || token.len() > 512 {
+            return Err(Error::Unauthorized("invalid token".into()));
+        }
+        if self.secrets.is_admin_token(token) {
+            return Ok(Actor::ADMIN);
+        }
+        let found = accounts::find_session(&self.db, &token_hash(token)).await?;
+        let Some((role, subject)) = found else {
+            return Err(Error::Unauthorized(
+                "invalid, expired or revoked token".into(),
+            ));
+        };
+        let role = Role::parse(&role).ok_or_else(|| Error::Unauthorized("invalid token".into()))?;
+        Ok(Actor {
+            role,
+            id: Some(subject),
+        })
+    }
+
+    async fn issue_token(&self, role: Role, subject: Uuid) -> Result<TokenResponse> {
+        let (token, hash) = new_token();
+        let expires_at = Utc::now() + chrono::Duration::hours(self.config.session_ttl_h.max(1));
+        accounts::insert_session(&self.db, &hash, role, subject, expires_at).await?;
+        Ok(TokenResponse {
+            token,
+            role,
+            subject_id: subject,
+            expires_at,
+        })
+    }
+
+    pub async fn login(&self, req: LoginRequest, client: IpAddr) -> Result<TokenResponse> {
+        if !matches!(req.role, Role::Vendor | Role::Driver) {
+            return Err(Error::validation("role must be vendor or driver"));
+        }
+        let keys = [
+            format!("account:{}", req.account_id),
+            format!("ip:{client}"),
+        ];
+        self.limiter.check(&keys)?;
+        let well_formed = req.code.len() == 6 && req.code.bytes().all(|b| b.is_ascii_digit());
+        let hash = accounts::login_code_hash(&self.db, req.role, req.account_id).await?;
+        let ok = match (well_formed, hash) {
+            (true, Some(hash)) => verify_code(hash, req.code).await?,
+            _ => false,
+        };
+        if !ok {
+            self.limiter.fail(&keys);
+            return Err(Error::Unauthorized("unknown account or wrong code".into()));
+        }
+        self.issue_token(req.role, req.account_id).await
+    }
+
+    pub async fn logout(&self, token: &str) -> Result<()> {
+        accounts::revoke_session(&self.db, &token_hash(token)).await?;
+        Ok(())
+    }
+
+    pub async fn sign_up_buyer(
+        &self,
+        name: &str,
+        phone: &str,
+    ) -> Result<(accounts::Buyer, TokenResponse)> {
+        let name = name.trim();
+        let phone = phone.trim();
+        if name.is_empty() || name.chars().count() > 120 {
+            return Err(Error::validation("name must be 1 to 120 characters"));
+        }
+        if !(3..=32).contains(&phone.chars().count()) {
+            return Err(Error::validation("phone must be 3 to 32 characters"));
+        }
+        let buyer = accounts::insert_buyer(&self.db, Uuid::now_v7(), name, phone).await?;
+        let token = self.issue_token(Role::Buyer, buyer.id).await?;
+        Ok((buyer, token))
+    }
+
+    pub fn login_params(&self) -> Params {
+        self.secrets.login_params.clone()
+    }
+}

@@ -1,0 +1,150 @@
+//! Shops, drivers and products: the admin's and vendors' setup work.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Hub;
+use super::auth::{hash_code, new_code};
+use crate::domain::{Actor, GeoPoint, Role};
+use crate::error::{Error, Result};
+use crate::store::{accounts, catalog};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewShopRequest {
+    pub name: String,
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(default)]
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDriverRequest {
+    pub name: String,
+    #[serde(default)]
+    pub phone: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProductRequest {
+    pub name: String,
+    pub price_cents: i64,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize)]
+pub struct Created<T> {
+    #[serde(flatten)]
+    pub record: T,
+    pub login_code: String,
+}
+
+pub fn check_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 120 {
+        return Err(Error::validation("name must be 1 to 120 characters"));
+    }
+    Ok(name)
+}
+
+fn require_admin(actor: Actor) -> Result<()> {
+    if actor.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("admin only".into()))
+    }
+}
+
+impl Hub {
+    pub async fn create_shop(
+        &self,
+        actor: Actor,
+        req: NewShopRequest,
+    ) -> Result<(accounts::Shop, String)> {
+        require_admin(actor)?;
+        let name = check_name(&req.name)?;
+        let pos = GeoPoint::new(req.lat, req.lng).map_err(|e| Error::validation(e.to_string()))?;
+        if req.address.chars().count() > 300 {
+            return Err(Error::validation("address must be at most 300 characters"));
+        }
+        let code = new_code();
+        let hash = hash_code(code.clone(), self.login_params()).await?;
+        let shop = accounts::insert_shop(
+            &self.db,
+            accounts::NewShop {
+                id: Uuid::now_v7(),
+                name,
+                lat: pos.lat,
+                lng: pos.lng,
+                address: req.address.trim(),
+                code_hash: &hash,
+            },
+        )
+        .await?;
+        Ok((shop, code))
+    }
+
+    pub async fn create_driver(
+        &self,
+        actor: Actor,
+        req: NewDriverRequest,
+    ) -> Result<(accounts::Driver, String)> {
+        require_admin(actor)?;
+        let name = check_name(&req.name)?;
+        if req.phone.chars().count() > 32 {
+            return Err(Error::validation("phone must be at most 32 characters"));
+        }
+        let code = new_code();
+        let hash = hash_code(code.clone(), self.login_params()).await?;
+        let driver =
+            accounts::insert_driver(&self.db, Uuid::now_v7(), name, req.phone.trim(), &hash)
+                .await?;
+        Ok((driver, code))
+    }
+
+    /// Gives an existing shop or driver a new login code (used by `seed-demo`).
+    pub async fn rotate_login_code(&self, role: Role, id: Uuid) -> Result<String> {
+        let code = new_code();
+        let hash = hash_code(code.clone(), self.login_params()).await?;
+        accounts::set_login_code_hash(&self.db, role, id, &hash).await?;
+        Ok(code)
+    }
+
+    pub async fn add_product(
+        &self,
+        actor: Actor,
+        shop_id: Uuid,
+        req: NewProductRequest,
+    ) -> Result<catalog::Product> {
+        let allowed =
+            actor.role == Role::Admin || (actor.role == Role::Vendor && actor.id == Some(shop_id));
+        if !allowed {
+            return Err(Error::Forbidden(
+                "only this shop's vendor may add products".into(),
+            ));
+        }
+        let name = check_name(&req.name)?;
+        if !(0..=10_000_000).contains(&req.price_cents) {
+            return Err(Error::validation("price_cents must be in 0..=10000000"));
+        }
+        if accounts::get_shop(&self.db, shop_id).await?.is_none() {
+            return Err(Error::NotFound);
+        }
+        Ok(catalog::insert_product(&self.db, shop_id, name, req.price_cents, req.active).await?)
+    }
+
+    pub async fn list_products(&self, shop_id: Uuid) -> Result<Vec<catalog::Product>> {
+        if accounts::get_shop(&self.db, shop_id).await?.is_none() {
+            return Err(Error::NotFound);
+        }
+        Ok(catalog::list_active(&self.db, shop_id).await?)
+    }
+}

@@ -1,0 +1,92 @@
+//! The application: every use case the REST routes and socket commands share. A transition
+//! walks one way — authorize → one store transaction → publish to sockets → tell the
+//! dispatcher — and both front doors call the same function, so there is one code path.
+
+pub mod auth;
+pub mod catalog;
+pub mod orders;
+pub mod views;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dispatch::DispatchHandle;
+use crate::domain::{GeoPoint, OrderId, ShopId};
+use crate::realtime::Registry;
+
+/// Number of stripes of the per-order lock.
+const ORDER_LOCK_STRIPES: usize = 4096;
+
+/// The shared state of one running hub.
+pub struct Hub {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub dispatch: DispatchHandle,
+    pub secrets: auth::Secrets,
+    pub limiter: auth::LoginLimiter,
+    /// Cancelled when the hub shuts down.
+    pub shutdown: CancellationToken,
+    /// Socket sessions and background tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    order_locks: Vec<Mutex<()>>,
+    shop_positions: DashMap<ShopId, GeoPoint>,
+}
+
+impl Hub {
+    pub fn new(
+        db: PgPool,
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        dispatch: DispatchHandle,
+    ) -> Self {
+        let secrets = auth::Secrets::new(
+            config.admin_token.as_deref(),
+            config.secret.as_deref(),
+            config.login_hash_kib,
+        );
+        Self {
+            db,
+            config,
+            registry,
+            dispatch,
+            secrets,
+            limiter: auth::LoginLimiter::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            shop_positions: DashMap::new(),
+        }
+    }
+
+    /// Serializes commit-and-publish per order. Two transitions of one order can never both
+    /// commit (optimistic versioning) — but without this lock the publish of the earlier one
+    /// could overtake the later one between commit and fan-out. Holding the stripe from read to
+    /// publish makes publish order equal commit order.
+    pub async fn lock_order(&self, id: OrderId) -> MutexGuard<'_, ()> {
+        let stripe = (id.0.as_u128() as usize) % ORDER_LOCK_STRIPES;
+        self.order_locks[stripe].lock().await
+    }
+
+    /// A shop's position (shops do not move, so it is cached after the first read).
+    pub async fn shop_position(&self, shop: ShopId) -> crate::error::Result<Option<GeoPoint>> {
+        if let Some(p) = self.shop_positions.get(&shop) {
+            return Ok(Some(*p));
+        }
+        let Some(s) = crate::store::accounts::get_shop(&self.db, shop.0).await? else {
+            return Ok(None);
+        };
+        let p = GeoPoint {
+            lat: s.lat,
+            lng: s.lng,
+        };
+        self.shop_positions.insert(shop, p);
+        Ok(Some(p))
+    }
+}

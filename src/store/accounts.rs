@@ -1,0 +1,186 @@
+//! Shops, drivers, buyers and sessions (login tokens, stored as SHA-256 hashes).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::Role;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Shop {
+    pub id: Uuid,
+    pub name: String,
+    pub lat: f64,
+    pub lng: f64,
+    pub address: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Driver {
+    pub id: Uuid,
+    pub name: String,
+    pub phone: String,
+    pub last_lat: Option<f64>,
+    pub last_lng: Option<f64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Buyer {
+    pub id: Uuid,
+    pub name: String,
+    pub phone: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewShop<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub lat: f64,
+    pub lng: f64,
+    pub address: &'a str,
+    pub code_hash: &'a str,
+}
+
+pub async fn insert_shop(db: &PgPool, s: NewShop<'_>) -> sqlx::Result<Shop> {
+    sqlx::query_as(
+        "INSERT INTO shops (id, name, lat, lng, address, login_code_hash)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, lat, lng, address, created_at",
+    )
+    .bind(s.id)
+    .bind(s.name)
+    .bind(s.lat)
+    .bind(s.lng)
+    .bind(s.address)
+    .bind(s.code_hash)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn insert_driver(
+    db: &PgPool,
+    id: Uuid,
+    name: &str,
+    phone: &str,
+    code_hash: &str,
+) -> sqlx::Result<Driver> {
+    sqlx::query_as(
+        "INSERT INTO drivers (id, name, phone, login_code_hash) VALUES ($1, $2, $3, $4)
+         RETURNING id, name, phone, last_lat, last_lng, created_at",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(phone)
+    .bind(code_hash)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn insert_buyer(db: &PgPool, id: Uuid, name: &str, phone: &str) -> sqlx::Result<Buyer> {
+    sqlx::query_as(
+        "INSERT INTO buyers (id, name, phone) VALUES ($1, $2, $3)
+         RETURNING id, name, phone, created_at",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(phone)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn list_shops(db: &PgPool) -> sqlx::Result<Vec<Shop>> {
+    sqlx::query_as("SELECT id, name, lat, lng, address, created_at FROM shops ORDER BY name, id")
+        .fetch_all(db)
+        .await
+}
+
+pub async fn get_shop(db: &PgPool, id: Uuid) -> sqlx::Result<Option<Shop>> {
+    sqlx::query_as("SELECT id, name, lat, lng, address, created_at FROM shops WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn find_shop_by_name(db: &PgPool, name: &str) -> sqlx::Result<Option<Shop>> {
+    sqlx::query_as("SELECT id, name, lat, lng, address, created_at FROM shops WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn find_driver_by_name(db: &PgPool, name: &str) -> sqlx::Result<Option<Driver>> {
+    sqlx::query_as(
+        "SELECT id, name, phone, last_lat, last_lng, created_at FROM drivers WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
+/// The login-code hash of a vendor's shop or a driver.
+pub async fn login_code_hash(db: &PgPool, role: Role, id: Uuid) -> sqlx::Result<Option<String>> {
+    let sql = match role {
+        Role::Vendor => "SELECT login_code_hash FROM shops WHERE id = $1",
+        Role::Driver => "SELECT login_code_hash FROM drivers WHERE id = $1",
+        _ => return Ok(None),
+    };
+    sqlx::query_scalar(sql).bind(id).fetch_optional(db).await
+}
+
+pub async fn set_login_code_hash(
+    db: &PgPool,
+    role: Role,
+    id: Uuid,
+    hash: &str,
+) -> sqlx::Result<()> {
+    let sql = match role {
+        Role::Vendor => "UPDATE shops SET login_code_hash = $2 WHERE id = $1",
+        Role::Driver => "UPDATE drivers SET login_code_hash = $2 WHERE id = $1",
+        _ => return Ok(()),
+    };
+    sqlx::query(sql).bind(id).bind(hash).execute(db).await?;
+    Ok(())
+}
+
+pub async fn insert_session(
+    db: &PgPool,
+    token_hash: &str,
+    role: Role,
+    subject: Uuid,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, role, subject_id, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_hash)
+    .bind(role.as_str())
+    .bind(subject)
+    .bind(expires_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A live (not expired, not revoked) session: its role and subject.
+pub async fn find_session(db: &PgPool, token_hash: &str) -> sqlx::Result<Option<(String, Uuid)>> {
+    sqlx::query_as(
+        "SELECT role, subject_id FROM sessions
+         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
+    )
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn revoke_session(db: &PgPool, token_hash: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(token_hash)
+    .execute(db)
+    .await?;
+    Ok(())
+}

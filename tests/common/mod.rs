@@ -222,6 +222,8 @@ impl TestHub {
 
 pub struct Ws {
     pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Every JSON frame received so far, in order.
+    pub seen: Vec<Value>,
 }
 
 impl Ws {
@@ -229,7 +231,30 @@ impl Ws {
         let (inner, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("ws connects");
-        Self { inner }
+        Self {
+            inner,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Connects with a tiny receive buffer, like a phone on a bad network that stops reading.
+    pub async fn connect_small_buffer(url: &str) -> Self {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
+        let (inner, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("ws connects");
+        Self {
+            inner,
+            seen: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -255,7 +280,11 @@ impl Ws {
                 .await
                 .ok()??;
             match m.ok()? {
-                Message::Text(t) => return serde_json::from_str(&t).ok(),
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).ok()?;
+                    self.seen.push(v.clone());
+                    return Some(v);
+                }
                 Message::Close(_) => return None,
                 _ => continue,
             }
@@ -295,6 +324,22 @@ impl Ws {
                 Ok(Some(Ok(_))) => continue,
                 _ => return None,
             }
+        }
+    }
+}
+
+impl Ws {
+    /// The (order, version, kind) of every `order` frame received so far.
+    pub fn orders_seen(&self) -> Vec<(String, i64, String)> {
+        self.seen.iter().filter_map(order_msg).collect()
+    }
+
+    /// Reads until an `order` frame of `kind` has been received (now or before).
+    pub async fn until_kind(&mut self, kind: &str) {
+        while !self.orders_seen().iter().any(|m| m.2 == kind) {
+            self.next_json()
+                .await
+                .unwrap_or_else(|| panic!("socket ended before {kind}"));
         }
     }
 }

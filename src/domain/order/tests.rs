@@ -72,13 +72,7 @@ fn every_status_action_pair_matches_the_table() {
     for from in OrderStatus::ALL {
         for action in Action::ALL {
             for actor in rightful(action) {
-                let got = plan(
-                    from,
-                    action,
-                    actor,
-                    parties(true),
-                    Some(NEW_DRIVER),
-                );
+                let got = plan(from, action, actor, parties(true), Some(NEW_DRIVER));
                 match legal(from, action) {
                     Some((to, kind)) => {
                         let p =

@@ -1,0 +1,333 @@
+//! Command-line flags of the `loadtest` binary (clap derive), the `--smoke` preset, and the
+//! small value parsers (bounding box, durations) they use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+/// Drive a running dispatch-hub through its public REST API and WebSocket protocol, measure
+/// latencies and check the ordering guarantees of the socket protocol.
+///
+/// Two modes:
+///
+/// * lifecycle (default): create shops, products, drivers and buyers, open one socket per
+///   actor, place orders at `--rate` per second and let simulated vendors and drivers move every
+///   order through pending → accepted → ready → assigned → picked_up → delivered;
+///
+/// * `--connections-only`: create `--sockets` buyers and just hold that many authenticated,
+///   subscribed sockets for `--duration` seconds.
+///
+/// Exit status: 0 on success, 1 on a fatal error (hub unreachable, setup failed), 2 on bad
+/// flags, 3 if any correctness counter is not zero, 4 if `--strict` checks failed.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadtest", version, about, long_about, max_term_width = 100)]
+pub struct Args {
+    /// Base URL of the hub. Only loopback addresses are accepted.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// Admin token the hub was started with; needed to create shops and drivers.
+    #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Number of shops to create (one vendor socket each, subscribed to `shop:<id>`).
+    #[arg(long, default_value_t = 20)]
+    pub shops: usize,
+
+    /// Products created per shop (as that shop's vendor).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub products_per_shop: u32,
+
+    /// Number of drivers to create (one socket each, subscribed to `driver:<id>`).
+    #[arg(long, default_value_t = 200)]
+    pub drivers: usize,
+
+    /// Number of buyer accounts (one socket each, subscribed to `buyer:<id>`).
+    #[arg(long, default_value_t = 500)]
+    pub buyers: usize,
+
+    /// Orders per second placed in total across all buyers (POST /api/orders).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+
+    /// Seconds of load after the ramp-up (orders are placed, or sockets held, for this long).
+    #[arg(long, default_value = "30", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Seconds over which the sockets are opened, evenly spread.
+    #[arg(long, default_value = "5", value_parser = parse_duration)]
+    pub ramp_up: Duration,
+
+    /// Longest wait after `--duration` for orders in flight to reach a final status.
+    #[arg(long, default_value = "5", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    /// City bounding box `minlat,minlng,maxlat,maxlng`; shops, drivers and delivery points
+    /// stay inside it.
+    #[arg(long, default_value = "52.42,13.25,52.60,13.55", value_parser = parse_bbox)]
+    pub bbox: BBox,
+
+    /// How often each driver sends its position (random walk inside the bbox).
+    /// Accepts `2`, `2s`, `500ms`.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub location_interval: Duration,
+
+    /// Vendor preparation time between accepting an order and marking it ready.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub prep: Duration,
+
+    /// Driver reaction time: pick_up, decline and deliver are sent after a random delay
+    /// between this value and twice it.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub driver_delay: Duration,
+
+    /// Probability (0..=1) that a driver declines an assigned order instead of picking it up.
+    #[arg(long, default_value_t = 0.02, value_parser = parse_probability)]
+    pub decline_rate: f64,
+
+    /// Maximum distance of a delivery point from its shop, in km.
+    #[arg(long, default_value_t = 3.0)]
+    pub delivery_radius_km: f64,
+
+    /// Only open `--sockets` authenticated buyer sockets (subscribed to `buyer:<id>`), hold
+    /// them for `--duration` and report connects/s and hub RSS per socket. No orders.
+    #[arg(long)]
+    pub connections_only: bool,
+
+    /// Number of sockets in `--connections-only` mode.
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+
+    /// Number of loopback source addresses (127.0.0.1, 127.0.0.2, …) the sockets are spread
+    /// over, so that no source address runs out of ephemeral ports.
+    /// Default: ceil(sockets / 20000) + 1.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub source_ips: Option<u8>,
+
+    /// REST requests in flight during setup (creating accounts, logins, products).
+    #[arg(long, default_value_t = 32)]
+    pub setup_concurrency: usize,
+
+    /// WebSocket handshakes (connect, auth, subscribe) in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Order requests in flight at once; when reached, further orders of that second are
+    /// counted as skipped instead of queued.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight_orders: usize,
+
+    /// Times one socket reconnects (with exponential backoff) after it was closed or could not
+    /// connect before it gives up.
+    #[arg(long, default_value_t = 5)]
+    pub max_reconnects: u32,
+
+    /// Process id of the hub; its RSS and CPU are sampled every second from /proc.
+    #[arg(long)]
+    pub hub_pid: Option<u32>,
+
+    /// Write every figure of the run as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw dispatch latency p50/p99 and placed→vendor p99 per second into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Also fail (exit 4) unless every placed order reached a final status by the end of the
+    /// drain, at least one order was delivered, and no socket gave up.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Small, quick preset for a test suite: 3 shops, 20 drivers, 50 buyers, 5 orders/s for
+    /// 5 s, 1 s ramp-up, `--strict`. Explicit flags given with it are overridden.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+impl Args {
+    /// Apply the `--smoke` preset and check the flags that clap cannot check alone.
+    pub fn finish(mut self) -> Result<Self> {
+        if self.smoke {
+            self.shops = 3;
+            self.drivers = 20;
+            self.buyers = 50;
+            self.rate = 5.0;
+            self.duration = Duration::from_secs(5);
+            self.ramp_up = Duration::from_secs(1);
+            self.connections_only = false;
+            self.strict = true;
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            bail!("--rate must be a finite number >= 0");
+        }
+        if !(self.delivery_radius_km.is_finite() && self.delivery_radius_km >= 0.0) {
+            bail!("--delivery-radius-km must be a finite number >= 0");
+        }
+        if self.location_interval < Duration::from_millis(100) {
+            bail!("--location-interval below 100ms would trip the hub's message rate limit");
+        }
+        if self.setup_concurrency == 0 || self.connect_concurrency == 0 {
+            bail!("--setup-concurrency and --connect-concurrency must be at least 1");
+        }
+        if self.max_inflight_orders == 0 {
+            bail!("--max-inflight-orders must be at least 1");
+        }
+        if self.connections_only {
+            if self.sockets == 0 {
+                bail!("--connections-only needs --sockets > 0");
+            }
+        } else {
+            if self.shops == 0 || self.drivers == 0 || self.buyers == 0 {
+                bail!("a lifecycle run needs --shops, --drivers and --buyers > 0");
+            }
+            if self.admin_token.as_deref().unwrap_or("").is_empty() {
+                bail!("a lifecycle run needs --admin-token (or HUB_ADMIN_TOKEN)");
+            }
+        }
+        Ok(self)
+    }
+
+    /// Total sockets the run opens.
+    pub fn total_sockets(&self) -> usize {
+        if self.connections_only {
+            self.sockets
+        } else {
+            self.shops + self.drivers + self.buyers
+        }
+    }
+
+    /// Number of loopback source addresses to use.
+    pub fn source_ip_count(&self) -> u8 {
+        match self.source_ips {
+            Some(n) => n,
+            None => (self.total_sockets().div_ceil(20_000) + 1).min(250) as u8,
+        }
+    }
+}
+
+/// A latitude/longitude rectangle.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct BBox {
+    pub min_lat: f64,
+    pub min_lng: f64,
+    pub max_lat: f64,
+    pub max_lng: f64,
+}
+
+impl BBox {
+    /// Clamp a point into the box.
+    pub fn clamp(&self, lat: f64, lng: f64) -> (f64, f64) {
+        (
+            lat.clamp(self.min_lat, self.max_lat),
+            lng.clamp(self.min_lng, self.max_lng),
+        )
+    }
+}
+
+fn parse_bbox(s: &str) -> Result<BBox, String> {
+    let parts: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bbox: {e}"))?;
+    let [min_lat, min_lng, max_lat, max_lng] = parts[..] else {
+        return Err("bbox needs four numbers: minlat,minlng,maxlat,maxlng".into());
+    };
+    let finite = parts.iter().all(|v| v.is_finite());
+    if !finite
+        || !(-90.0..=90.0).contains(&min_lat)
+        || !(-90.0..=90.0).contains(&max_lat)
+        || !(-180.0..=180.0).contains(&min_lng)
+        || !(-180.0..=180.0).contains(&max_lng)
+    {
+        return Err("bbox coordinates out of range".into());
+    }
+    if min_lat >= max_lat || min_lng >= max_lng {
+        return Err("bbox needs minlat < maxlat and minlng < maxlng".into());
+    }
+    Ok(BBox {
+        min_lat,
+        min_lng,
+        max_lat,
+        max_lng,
+    })
+}
+
+/// Parse `30`, `30s`, `1.5s`, `500ms` or `2m` into a duration (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 30, 30s or 500ms)"))?;
+    if !v.is_finite() || v < 0.0 || v * scale > 86_400.0 {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be between 0 and 1".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn bbox() {
+        let b = parse_bbox("52.42,13.25,52.60,13.55").unwrap();
+        assert_eq!(b.min_lat, 52.42);
+        assert!(parse_bbox("1,2,3").is_err());
+        assert!(parse_bbox("52.6,13.25,52.42,13.55").is_err());
+        assert_eq!(b.clamp(60.0, 0.0), (52.60, 13.25));
+    }
+
+    #[test]
+    fn smoke_preset() {
+        let a = Args::parse_from(["loadtest", "--smoke", "--admin-token", "t"])
+            .finish()
+            .unwrap();
+        assert_eq!((a.shops, a.drivers, a.buyers), (3, 20, 50));
+        assert!(a.strict);
+        assert_eq!(a.total_sockets(), 73);
+        assert_eq!(a.source_ip_count(), 2);
+    }
+}

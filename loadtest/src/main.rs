@@ -1,0 +1,475 @@
+//! `loadtest`: a load and correctness harness for dispatch-hub. It talks to a running hub only
+//! through the public REST API and socket protocol: setup over REST, one task per socket for
+//! vendors, drivers and buyers, orders placed over REST at a fixed rate; it measures latencies
+//! with hdrhistogram, checks the protocol's ordering guarantees, samples the hub's RSS and CPU,
+//! and reports a table, JSON and a PNG plot.
+//!
+//! Run phases: setup → ramp-up (sockets open) → load (`--duration`) → drain → stop → report.
+
+mod actors;
+mod cli;
+mod metrics;
+mod plot;
+mod proto;
+mod report;
+mod setup;
+mod sysinfo;
+mod ws;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep};
+
+use crate::actors::buyer::{Buyer, OrderGen};
+use crate::actors::driver::{Driver, DriverParams};
+use crate::actors::vendor::Vendor;
+use crate::cli::Args;
+use crate::metrics::{Metrics, Phase, Violation};
+use crate::proto::Kind;
+use crate::report::{ConfigEcho, MessageFigures, OrderFigures, ProcFigures, Report, SocketFigures};
+use crate::setup::{Rest, Setup};
+use crate::ws::{Net, SocketSpec, run_socket};
+
+/// Exit status when a correctness counter is not zero.
+const EXIT_VIOLATION: u8 = 3;
+/// Exit status when `--strict` liveness checks failed.
+const EXIT_STRICT: u8 = 4;
+/// File descriptors kept free for everything that is not a socket to the hub.
+const FD_RESERVE: u64 = 64;
+/// Longest extra wait, after the ramp-up, for the last sockets to connect.
+const CONNECT_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for socket tasks to close after the stop signal.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args = match Args::parse().finish() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolve `--url` and insist on a loopback address: this tool never sends traffic elsewhere.
+async fn resolve_hub(url: &str) -> Result<(SocketAddr, String)> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--url {url:?}"))?;
+    if parsed.scheme() != "http" {
+        bail!("--url must be an http:// URL");
+    }
+    let host = parsed.host_str().context("--url has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let host_port = if host.contains(':') {
+        format!("[{}]:{port}", host.trim_matches(['[', ']']))
+    } else {
+        format!("{host}:{port}")
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&host_port)
+        .await
+        .with_context(|| format!("resolving {host_port}"))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        bail!("--url must point at a loopback address (127.0.0.0/8 or ::1), got {addrs:?}");
+    }
+    let hub = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .unwrap_or(addrs[0]);
+    let mut ws_url = parsed.clone();
+    ws_url
+        .set_scheme("ws")
+        .map_err(|_| anyhow::anyhow!("cannot derive the ws:// URL"))?;
+    let path = format!("{}/ws", parsed.path().trim_end_matches('/'));
+    ws_url.set_path(&path);
+    Ok((hub, ws_url.to_string()))
+}
+
+/// Sleep, but wake early on Ctrl-C. Returns false when interrupted.
+async fn wait(d: Duration, interrupted: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = sleep(d) => !*interrupted.borrow(),
+        _ = ws::stopped(interrupted) => false,
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
+    // ---- limits and addresses
+    let nofile = sysinfo::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
+    let sockets = args.total_sockets() as u64;
+    let needed = sockets + (args.setup_concurrency + args.max_inflight_orders) as u64 + FD_RESERVE;
+    if needed > nofile {
+        bail!(
+            "{sockets} sockets plus REST connections need about {needed} file descriptors, \
+             but this process may open only {nofile}; lower --sockets (or the actor counts), \
+             --max-inflight-orders or --setup-concurrency"
+        );
+    }
+    let (hub, ws_url) = resolve_hub(&args.url).await?;
+    let sources: Vec<IpAddr> = if hub.is_ipv4() {
+        (1..=args.source_ip_count())
+            .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let net = Arc::new(Net {
+        hub,
+        ws_url,
+        sources,
+        connect_permits: Semaphore::new(args.connect_concurrency),
+        max_reconnects: args.max_reconnects,
+    });
+    let metrics = Arc::new(Metrics::new());
+    let pool = args.setup_concurrency.max(args.max_inflight_orders);
+    let rest = Arc::new(Rest::new(&args.url, pool, metrics.clone())?);
+    rest.health().await?;
+
+    let (int_tx, mut interrupted) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = int_tx.send(true);
+        }
+    });
+
+    // ---- setup
+    let visible = !args.quiet && std::io::stdout().is_terminal();
+    let pb = if visible {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} ({elapsed})")
+                .expect("static template")
+                .progress_chars("=> "),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let setup = Setup {
+        rest: &rest,
+        tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        concurrency: args.setup_concurrency,
+        pb: pb.clone(),
+    };
+    let setup_started = Instant::now();
+    let (shops, drivers, buyers) = if args.connections_only {
+        (Vec::new(), Vec::new(), setup.buyers(args.sockets).await?)
+    } else {
+        let admin = args.admin_token.as_deref().unwrap_or_default();
+        let shops = setup
+            .shops(admin, args.shops, args.products_per_shop, args.bbox)
+            .await?;
+        let drivers = setup.drivers(admin, args.drivers).await?;
+        let buyers = setup.buyers(args.buyers).await?;
+        (shops, drivers, buyers)
+    };
+    if !args.quiet {
+        eprintln!(
+            "setup: {} shops, {} drivers, {} buyers in {:.1}s",
+            shops.len(),
+            drivers.len(),
+            buyers.len(),
+            setup_started.elapsed().as_secs_f64()
+        );
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("static template"),
+    );
+    pb.reset_elapsed();
+    pb.set_message("opening sockets");
+    if visible {
+        pb.enable_steady_tick(Duration::from_millis(250));
+    }
+
+    // ---- sockets
+    let hub_baseline = args
+        .hub_pid
+        .and_then(|p| sysinfo::read_proc(Some(p)).ok())
+        .map(|r| r.rss_bytes);
+    let (sampler_tx, sampler_rx) = watch::channel(false);
+    let sampler = tokio::spawn(report::sample_loop(
+        metrics.clone(),
+        args.hub_pid,
+        pb.clone(),
+        sampler_rx,
+    ));
+    let total = shops.len() + drivers.len() + buyers.len();
+    metrics.sockets_target.store(total as u64, Relaxed);
+    metrics.set_phase(Phase::RampUp);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ramp_start = Instant::now();
+    let start_at = |i: usize| ramp_start + args.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
+    let mut tasks = JoinSet::new();
+    let mut i = 0usize;
+    for s in &shops {
+        let spec = SocketSpec {
+            token: s.token.clone(),
+            topic: format!("shop:{}", s.id),
+            source: net.source(i),
+        };
+        let actor = Vendor::new(s.id, args.prep, metrics.clone());
+        tasks.spawn(run_socket(
+            net.clone(),
+            metrics.clone(),
+            spec,
+            actor,
+            start_at(i),
+            stop_rx.clone(),
+        ));
+        i += 1;
+    }
+    let params = DriverParams {
+        bbox: args.bbox,
+        location_interval: args.location_interval,
+        delay: args.driver_delay,
+        decline_rate: args.decline_rate,
+    };
+    for d in &drivers {
+        let spec = SocketSpec {
+            token: d.token.clone(),
+            topic: format!("driver:{}", d.id),
+            source: net.source(i),
+        };
+        let actor = Driver::new(d.id, params, metrics.clone());
+        tasks.spawn(run_socket(
+            net.clone(),
+            metrics.clone(),
+            spec,
+            actor,
+            start_at(i),
+            stop_rx.clone(),
+        ));
+        i += 1;
+    }
+    for b in &buyers {
+        let spec = SocketSpec {
+            token: b.token.clone(),
+            topic: format!("buyer:{}", b.id),
+            source: net.source(i),
+        };
+        let actor = Buyer::new(b.id, metrics.clone());
+        tasks.spawn(run_socket(
+            net.clone(),
+            metrics.clone(),
+            spec,
+            actor,
+            start_at(i),
+            stop_rx.clone(),
+        ));
+        i += 1;
+    }
+    let mut go_on = wait(args.ramp_up, &mut interrupted).await;
+    let grace_end = Instant::now() + CONNECT_GRACE;
+    while go_on && Instant::now() < grace_end {
+        let settled =
+            metrics.sockets_open.load(Relaxed).max(0) as u64 + metrics.gave_up.load(Relaxed);
+        if settled >= total as u64 {
+            break;
+        }
+        go_on = wait(Duration::from_millis(100), &mut interrupted).await;
+    }
+
+    // ---- load
+    metrics.set_phase(Phase::Load);
+    let load_started = Instant::now();
+    let placed_before = metrics.orders_placed.load(Relaxed);
+    let generator = (!args.connections_only && go_on).then(|| {
+        let g = OrderGen {
+            rest: rest.clone(),
+            metrics: metrics.clone(),
+            shops: Arc::new(shops.clone()),
+            buyers: Arc::new(buyers.clone()),
+            bbox: args.bbox,
+            radius_km: args.delivery_radius_km,
+            max_inflight: args.max_inflight_orders,
+        };
+        tokio::spawn(g.run(args.rate, args.duration, stop_rx.clone()))
+    });
+    if go_on {
+        go_on = wait(args.duration, &mut interrupted).await;
+    }
+    let load_secs = load_started.elapsed().as_secs_f64().max(1e-3);
+    let held_at_end = metrics.sockets_open.load(Relaxed);
+
+    // ---- drain: let orders in flight finish
+    metrics.set_phase(Phase::Drain);
+    let drain_end = Instant::now() + args.drain;
+    if let Some(g) = generator {
+        let _ = tokio::time::timeout(args.drain, g).await;
+    }
+    while go_on && !args.connections_only && Instant::now() < drain_end {
+        if metrics.unfinished_orders() == 0 {
+            break;
+        }
+        go_on = wait(Duration::from_millis(100), &mut interrupted).await;
+    }
+
+    // ---- stop
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    metrics.set_phase(Phase::Done);
+    let _ = sampler_tx.send(true);
+    let timeline = sampler.await.unwrap_or_default();
+    pb.finish_and_clear();
+
+    // ---- report
+    let placed = metrics.orders_placed.load(Relaxed) - placed_before;
+    let connects = metrics.connects_ok.load(Relaxed);
+    let reconnects = metrics.reconnects.load(Relaxed);
+    let first = metrics.first_connect_start_us.load(Relaxed);
+    let last = metrics.last_connect_done_us.load(Relaxed);
+    let window = if last > first && first != u64::MAX {
+        (last - first) as f64 / 1e6
+    } else {
+        0.0
+    };
+    let load_samples: Vec<_> = timeline.iter().filter(|s| s.phase == Phase::Load).collect();
+    let mean = |f: fn(&report::Sample) -> f64| {
+        if load_samples.is_empty() {
+            0.0
+        } else {
+            load_samples.iter().map(|s| f(s)).sum::<f64>() / load_samples.len() as f64
+        }
+    };
+    let correctness = metrics.violations();
+    let correct = correctness.values().all(|n| *n == 0);
+    let events = metrics.shop_event_counts();
+    let unfinished = if args.connections_only {
+        0
+    } else {
+        metrics.unfinished_orders()
+    };
+    let gave_up = metrics.gave_up.load(Relaxed);
+    let mut strict_failures = Vec::new();
+    if args.strict {
+        if gave_up > 0 {
+            strict_failures.push(format!("{gave_up} sockets gave up reconnecting"));
+        }
+        if (held_at_end as u64) < total as u64 {
+            strict_failures.push(format!(
+                "only {held_at_end} of {total} sockets were held at the end of the load"
+            ));
+        }
+        if !args.connections_only && args.rate > 0.0 {
+            if placed == 0 {
+                strict_failures.push("no order was placed".into());
+            } else if events[Kind::Delivered.as_str()] == 0 {
+                strict_failures.push("no order was delivered".into());
+            }
+            if unfinished > 0 {
+                strict_failures.push(format!(
+                    "{unfinished} placed orders did not reach a final status"
+                ));
+            }
+        }
+    }
+    let rep = Report {
+        config: ConfigEcho::from_args(&args, shops.len(), drivers.len(), buyers.len()),
+        sockets: SocketFigures {
+            target: total as u64,
+            peak_held: metrics.sockets_peak.load(Relaxed),
+            held_at_end_of_load: held_at_end,
+            connects_ok: connects,
+            reconnects,
+            gave_up,
+            connect_window_s: window,
+            connects_per_s: if window > 0.0 {
+                (connects - reconnects) as f64 / window
+            } else {
+                0.0
+            },
+            connect_latency: metrics::HistSummary::of(&metrics.connect.snapshot()),
+        },
+        messages: MessageFigures {
+            received: metrics.msgs_in.load(Relaxed),
+            sent: metrics.msgs_out.load(Relaxed),
+            received_per_s_load: mean(|s| s.msgs_in_per_s),
+            sent_per_s_load: mean(|s| s.msgs_out_per_s),
+        },
+        orders: OrderFigures {
+            placed,
+            replayed: metrics.orders_replayed.load(Relaxed),
+            failed: metrics.orders_failed.load(Relaxed),
+            skipped: metrics.orders_skipped.load(Relaxed),
+            placed_per_s: placed as f64 / load_secs,
+            unfinished_after_drain: unfinished,
+            events,
+        },
+        latency: report::latencies(&metrics),
+        hub: args.hub_pid.map(|_| {
+            ProcFigures::from_samples(&timeline, hub_baseline, held_at_end, |s| {
+                (s.hub_rss_mib, s.hub_cpu_pct)
+            })
+        }),
+        harness: ProcFigures::from_samples(&timeline, None, held_at_end, |s| {
+            (s.harness_rss_mib, s.harness_cpu_pct)
+        }),
+        errors: metrics.errors(),
+        correctness,
+        violation_examples: metrics.violation_examples(),
+        correct,
+        strict_failures,
+        timeline,
+    };
+    let mut stdout = std::io::stdout().lock();
+    rep.print(&mut stdout).context("writing the report")?;
+    drop(stdout);
+    for path in [&args.json, &args.plot].into_iter().flatten() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    if let Some(path) = &args.json {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &rep)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &rep.timeline, args.connections_only)?;
+    }
+    if !rep.correct {
+        let which: Vec<&str> = Violation::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .filter(|k| rep.correctness.get(k).is_some_and(|n| *n > 0))
+            .collect();
+        eprintln!("correctness violated: {}", which.join(", "));
+        return Ok(ExitCode::from(EXIT_VIOLATION));
+    }
+    if !rep.strict_failures.is_empty() {
+        eprintln!("strict checks failed: {}", rep.strict_failures.join("; "));
+        return Ok(ExitCode::from(EXIT_STRICT));
+    }
+    Ok(ExitCode::SUCCESS)
+}

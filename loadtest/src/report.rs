@@ -1,0 +1,480 @@
+//! Per-second sampling (timeline + live progress line), and the final report: a table on
+//! stdout and, with `--json`, every figure as JSON.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cli::{Args, BBox};
+use crate::metrics::{HistSummary, Metrics, Phase};
+use crate::proto::Kind;
+use crate::sysinfo::{ProcReading, clock_ticks_per_sec, cpu_percent, read_proc};
+use crate::ws::stopped;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the sockets started opening.
+    pub t_s: f64,
+    pub phase: Phase,
+    pub sockets_open: i64,
+    pub connects_per_s: f64,
+    pub msgs_in_per_s: f64,
+    pub msgs_out_per_s: f64,
+    pub orders_per_s: f64,
+    pub dispatch_count: u64,
+    pub dispatch_p50_ms: Option<f64>,
+    pub dispatch_p99_ms: Option<f64>,
+    pub placed_to_vendor_p99_ms: Option<f64>,
+    pub hub_rss_mib: Option<f64>,
+    pub hub_cpu_pct: Option<f64>,
+    pub harness_rss_mib: Option<f64>,
+    pub harness_cpu_pct: Option<f64>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn fmt_opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}{unit}"))
+}
+
+/// Sample every second until `stop`; drives the progress line. Returns the timeline.
+pub async fn sample_loop(
+    metrics: Arc<Metrics>,
+    hub_pid: Option<u32>,
+    pb: ProgressBar,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Sample> {
+    let t0 = Instant::now();
+    let tps = clock_ticks_per_sec();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let counters = |m: &Metrics| {
+        [
+            m.connects_ok.load(Relaxed),
+            m.msgs_in.load(Relaxed),
+            m.msgs_out.load(Relaxed),
+            m.orders_placed.load(Relaxed),
+        ]
+    };
+    let mut last = counters(&metrics);
+    let mut last_at = Instant::now();
+    let mut hub_prev: Option<ProcReading> = hub_pid.and_then(|p| read_proc(Some(p)).ok());
+    let mut own_prev: Option<ProcReading> = read_proc(None).ok();
+    let mut samples = Vec::new();
+    // bounded: one sample per second, and the run itself is bounded in time
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => break,
+        }
+        let now = Instant::now();
+        let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
+        last_at = now;
+        let cur = counters(&metrics);
+        let rate = |i: usize| (cur[i] - last[i]) as f64 / secs;
+        let d = metrics.win_dispatch.take();
+        let p = metrics.win_placed_to_vendor.take();
+        let q = |h: &hdrhistogram::Histogram<u64>, x: f64| {
+            (!h.is_empty()).then(|| ms(h.value_at_quantile(x)))
+        };
+        let hub_now = hub_pid.and_then(|pid| read_proc(Some(pid)).ok());
+        let own_now = read_proc(None).ok();
+        let cpu = |prev: &Option<ProcReading>, now: &Option<ProcReading>| match (prev, now) {
+            (Some(a), Some(b)) => cpu_percent(a, b, tps),
+            _ => None,
+        };
+        let s = Sample {
+            t_s: now.duration_since(t0).as_secs_f64(),
+            phase: metrics.phase(),
+            sockets_open: metrics.sockets_open.load(Relaxed),
+            connects_per_s: rate(0),
+            msgs_in_per_s: rate(1),
+            msgs_out_per_s: rate(2),
+            orders_per_s: rate(3),
+            dispatch_count: d.len(),
+            dispatch_p50_ms: q(&d, 0.5),
+            dispatch_p99_ms: q(&d, 0.99),
+            placed_to_vendor_p99_ms: q(&p, 0.99),
+            hub_rss_mib: hub_now.map(|r| r.rss_bytes as f64 / MIB),
+            hub_cpu_pct: cpu(&hub_prev, &hub_now),
+            harness_rss_mib: own_now.map(|r| r.rss_bytes as f64 / MIB),
+            harness_cpu_pct: cpu(&own_prev, &own_now),
+        };
+        pb.set_message(format!(
+            "{} | sockets {}/{} | orders/s {:.0} | msgs/s {:.0} | dispatch p99 {} | hub {} {}",
+            s.phase.as_str(),
+            s.sockets_open,
+            metrics.sockets_target.load(Relaxed),
+            s.orders_per_s,
+            s.msgs_in_per_s,
+            fmt_opt(s.dispatch_p99_ms, "ms"),
+            fmt_opt(s.hub_rss_mib, "MiB"),
+            fmt_opt(s.hub_cpu_pct, "%"),
+        ));
+        samples.push(s);
+        last = cur;
+        if hub_now.is_some() {
+            hub_prev = hub_now;
+        }
+        if own_now.is_some() {
+            own_prev = own_now;
+        }
+    }
+    samples
+}
+
+/// The flags of the run, echoed into the report.
+#[derive(Debug, Serialize)]
+pub struct ConfigEcho {
+    pub url: String,
+    pub connections_only: bool,
+    pub shops: usize,
+    pub drivers: usize,
+    pub buyers: usize,
+    pub sockets: usize,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub ramp_up_s: f64,
+    pub drain_s: f64,
+    pub bbox: BBox,
+    pub location_interval_s: f64,
+    pub prep_s: f64,
+    pub driver_delay_s: f64,
+    pub decline_rate: f64,
+    pub source_ips: u8,
+}
+
+impl ConfigEcho {
+    pub fn from_args(a: &Args, shops: usize, drivers: usize, buyers: usize) -> Self {
+        ConfigEcho {
+            url: a.url.clone(),
+            connections_only: a.connections_only,
+            shops,
+            drivers,
+            buyers,
+            sockets: a.total_sockets(),
+            rate: a.rate,
+            duration_s: a.duration.as_secs_f64(),
+            ramp_up_s: a.ramp_up.as_secs_f64(),
+            drain_s: a.drain.as_secs_f64(),
+            bbox: a.bbox,
+            location_interval_s: a.location_interval.as_secs_f64(),
+            prep_s: a.prep.as_secs_f64(),
+            driver_delay_s: a.driver_delay.as_secs_f64(),
+            decline_rate: a.decline_rate,
+            source_ips: a.source_ip_count(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SocketFigures {
+    pub target: u64,
+    pub peak_held: i64,
+    pub held_at_end_of_load: i64,
+    pub connects_ok: u64,
+    pub reconnects: u64,
+    pub gave_up: u64,
+    /// From the first connect attempt to the last successful connect.
+    pub connect_window_s: f64,
+    pub connects_per_s: f64,
+    pub connect_latency: HistSummary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageFigures {
+    pub received: u64,
+    pub sent: u64,
+    pub received_per_s_load: f64,
+    pub sent_per_s_load: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderFigures {
+    pub placed: u64,
+    pub replayed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub placed_per_s: f64,
+    pub unfinished_after_drain: usize,
+    /// Events seen on the shop topics (every event of every order once).
+    pub events: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ProcFigures {
+    pub baseline_rss_mib: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    pub rss_under_load_mib: Option<f64>,
+    pub rss_per_socket_kib: Option<f64>,
+    pub rss_delta_per_socket_kib: Option<f64>,
+    pub cpu_avg_load_pct: Option<f64>,
+    pub cpu_peak_pct: Option<f64>,
+}
+
+impl ProcFigures {
+    /// Figures of one process from the timeline; `pick` selects its (rss, cpu) columns.
+    pub fn from_samples(
+        samples: &[Sample],
+        baseline: Option<u64>,
+        sockets: i64,
+        pick: impl Fn(&Sample) -> (Option<f64>, Option<f64>),
+    ) -> Self {
+        let load: Vec<&Sample> = samples.iter().filter(|s| s.phase == Phase::Load).collect();
+        let peak = samples.iter().filter_map(|s| pick(s).0).fold(None, max_opt);
+        let under_load = load.iter().rev().find_map(|s| pick(s).0);
+        let cpu_load: Vec<f64> = load.iter().filter_map(|s| pick(s).1).collect();
+        let cpu_avg =
+            (!cpu_load.is_empty()).then(|| cpu_load.iter().sum::<f64>() / cpu_load.len() as f64);
+        let cpu_peak = samples.iter().filter_map(|s| pick(s).1).fold(None, max_opt);
+        let baseline_mib = baseline.map(|b| b as f64 / MIB);
+        let per_socket = |v: f64| (sockets > 0).then(|| v * 1024.0 / sockets as f64);
+        ProcFigures {
+            baseline_rss_mib: baseline_mib,
+            peak_rss_mib: peak,
+            rss_under_load_mib: under_load,
+            rss_per_socket_kib: under_load.and_then(per_socket),
+            rss_delta_per_socket_kib: under_load
+                .zip(baseline_mib)
+                .and_then(|(l, b)| per_socket(l - b)),
+            cpu_avg_load_pct: cpu_avg,
+            cpu_peak_pct: cpu_peak,
+        }
+    }
+}
+
+fn max_opt(acc: Option<f64>, v: f64) -> Option<f64> {
+    Some(acc.map_or(v, |a| a.max(v)))
+}
+
+/// Everything the run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub config: ConfigEcho,
+    pub sockets: SocketFigures,
+    pub messages: MessageFigures,
+    pub orders: OrderFigures,
+    /// Latency histograms (µs): placed_to_vendor, dispatch (mark_ready sent → driver has
+    /// `assigned`), redispatch (decline sent → next `assigned`), `<kind>_to_buyer`, connect,
+    /// order_post.
+    pub latency: BTreeMap<String, HistSummary>,
+    pub hub: Option<ProcFigures>,
+    pub harness: ProcFigures,
+    pub errors: BTreeMap<String, u64>,
+    pub correctness: BTreeMap<&'static str, u64>,
+    pub violation_examples: Vec<String>,
+    pub correct: bool,
+    /// Reasons `--strict` failed (empty when it passed or was not asked for).
+    pub strict_failures: Vec<String>,
+    pub timeline: Vec<Sample>,
+}
+
+/// Collect the latency histograms of a run.
+pub fn latencies(m: &Metrics) -> BTreeMap<String, HistSummary> {
+    let mut l = BTreeMap::new();
+    l.insert(
+        "placed_to_vendor".into(),
+        HistSummary::of(&m.placed_to_vendor.snapshot()),
+    );
+    l.insert("dispatch".into(), HistSummary::of(&m.dispatch.snapshot()));
+    l.insert(
+        "redispatch".into(),
+        HistSummary::of(&m.redispatch.snapshot()),
+    );
+    for (kind, h) in &m.to_buyer {
+        l.insert(
+            format!("{}_to_buyer", kind.as_str()),
+            HistSummary::of(&h.snapshot()),
+        );
+    }
+    l.insert("connect".into(), HistSummary::of(&m.connect.snapshot()));
+    l.insert(
+        "order_post".into(),
+        HistSummary::of(&m.order_post.snapshot()),
+    );
+    l
+}
+
+/// Labels of the latency rows, in table order.
+fn latency_rows() -> Vec<(String, &'static str)> {
+    let mut rows = vec![
+        (
+            "placed_to_vendor".to_string(),
+            "order placed -> vendor has `created`",
+        ),
+        (
+            "dispatch".to_string(),
+            "mark_ready sent -> driver has `assigned`",
+        ),
+        ("redispatch".to_string(), "decline sent -> next `assigned`"),
+    ];
+    let label = |k: Kind| match k {
+        Kind::Created => "order placed -> buyer has `created`",
+        Kind::Accepted => "accept sent -> buyer has it",
+        Kind::Ready => "mark_ready sent -> buyer has it",
+        Kind::PickedUp => "pick_up sent -> buyer has it",
+        Kind::Delivered => "deliver sent -> buyer has it",
+        Kind::Declined => "decline sent -> buyer has it",
+        _ => "other",
+    };
+    for k in crate::metrics::BUYER_KINDS {
+        rows.push((format!("{}_to_buyer", k.as_str()), label(k)));
+    }
+    rows.push(("connect".into(), "socket connect+auth+subscribe"));
+    rows.push(("order_post".into(), "POST /api/orders round trip"));
+    rows
+}
+
+impl Report {
+    /// The final table.
+    pub fn print(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let c = &self.config;
+        writeln!(w, "\n=== dispatch-hub load test ===")?;
+        if c.connections_only {
+            writeln!(
+                w,
+                "mode: connections-only, {} sockets, hold {:.0}s, ramp-up {:.0}s, {} source IPs",
+                c.sockets, c.duration_s, c.ramp_up_s, c.source_ips
+            )?;
+        } else {
+            writeln!(
+                w,
+                "mode: lifecycle, {} shops, {} drivers, {} buyers, {} orders/s for {:.0}s (ramp-up {:.0}s, {} source IPs)",
+                c.shops, c.drivers, c.buyers, c.rate, c.duration_s, c.ramp_up_s, c.source_ips
+            )?;
+        }
+        let s = &self.sockets;
+        writeln!(
+            w,
+            "\nsockets: target {}, peak held {}, held at end of load {}, connects {} ({:.0}/s over {:.1}s), reconnects {}, gave up {}",
+            s.target,
+            s.peak_held,
+            s.held_at_end_of_load,
+            s.connects_ok,
+            s.connects_per_s,
+            s.connect_window_s,
+            s.reconnects,
+            s.gave_up
+        )?;
+        let m = &self.messages;
+        writeln!(
+            w,
+            "messages: received {} ({:.0}/s under load), sent {} ({:.0}/s under load)",
+            m.received, m.received_per_s_load, m.sent, m.sent_per_s_load
+        )?;
+        if !c.connections_only {
+            let o = &self.orders;
+            writeln!(
+                w,
+                "orders: placed {} ({:.1}/s), idempotent replays {}, failed {}, skipped {}, unfinished after drain {}",
+                o.placed, o.placed_per_s, o.replayed, o.failed, o.skipped, o.unfinished_after_drain
+            )?;
+            let ev: Vec<String> = o
+                .events
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            writeln!(
+                w,
+                "events (shop topics): {}",
+                if ev.is_empty() {
+                    "-".into()
+                } else {
+                    ev.join(", ")
+                }
+            )?;
+        }
+        writeln!(
+            w,
+            "\n{:<42} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        for (key, label) in latency_rows() {
+            let Some(h) = self.latency.get(&key) else {
+                continue;
+            };
+            if h.count == 0 {
+                if !c.connections_only || key == "connect" {
+                    writeln!(w, "{label:<42} {:>8}", 0)?;
+                }
+                continue;
+            }
+            writeln!(
+                w,
+                "{label:<42} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                h.count,
+                ms(h.p50_us),
+                ms(h.p90_us),
+                ms(h.p99_us),
+                ms(h.p999_us),
+                ms(h.max_us)
+            )?;
+        }
+        let proc_line = |name: &str, p: &ProcFigures| {
+            format!(
+                "{name}: RSS baseline {} peak {} under load {} | per socket {} (delta {}) | CPU avg {} peak {}",
+                fmt_opt(p.baseline_rss_mib, " MiB"),
+                fmt_opt(p.peak_rss_mib, " MiB"),
+                fmt_opt(p.rss_under_load_mib, " MiB"),
+                fmt_opt(p.rss_per_socket_kib, " KiB"),
+                fmt_opt(p.rss_delta_per_socket_kib, " KiB"),
+                fmt_opt(p.cpu_avg_load_pct, "%"),
+                fmt_opt(p.cpu_peak_pct, "%")
+            )
+        };
+        writeln!(w)?;
+        match &self.hub {
+            Some(h) => writeln!(w, "{}", proc_line("hub", h))?,
+            None => writeln!(w, "hub: not sampled (pass --hub-pid)")?,
+        }
+        writeln!(w, "{}", proc_line("harness", &self.harness))?;
+        if self.errors.is_empty() {
+            writeln!(w, "\nerrors: none")?;
+        } else {
+            writeln!(w, "\nerrors by code:")?;
+            for (k, n) in &self.errors {
+                writeln!(w, "  {k:<40} {n}")?;
+            }
+        }
+        writeln!(w, "\ncorrectness (all must be 0):")?;
+        for (k, n) in &self.correctness {
+            writeln!(
+                w,
+                "  {k:<40} {n}{}",
+                if *n > 0 { "   <-- VIOLATED" } else { "" }
+            )?;
+        }
+        for e in &self.violation_examples {
+            writeln!(w, "  e.g. {e}")?;
+        }
+        if !self.strict_failures.is_empty() {
+            writeln!(w, "\nstrict checks failed:")?;
+            for r in &self.strict_failures {
+                writeln!(w, "  {r}")?;
+            }
+        }
+        writeln!(
+            w,
+            "\nresult: {}",
+            if self.correct && self.strict_failures.is_empty() {
+                "OK"
+            } else {
+                "FAILED"
+            }
+        )?;
+        Ok(())
+    }
+}

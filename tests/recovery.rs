@@ -1,0 +1,313 @@
+//! Crash recovery: the real binary is killed with SIGKILL mid-flow and started again on the
+//! same database. No transition it acknowledged may be lost; no driver may end up with two
+//! active orders; every order's event log stays gapless; waiting orders are dispatched again.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{ADMIN, TestHub, Ws};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(db_url: &str, bind: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_dispatch-hub"))
+            .arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("HUB_BIND", bind)
+            .env("HUB_ADMIN_TOKEN", ADMIN)
+            .env("HUB_SECRET", "recovery-secret")
+            .env("HUB_LOGIN_HASH_KIB", "64")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hub binary starts");
+        Self { child }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn db_url_for(db: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let name = db
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h.to_owned(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let root = head
+        .rsplit_once('/')
+        .map(|(r, _)| r.to_owned())
+        .unwrap_or(head);
+    format!("{root}/{name}{query}")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("hub did not become ready");
+}
+
+struct World {
+    shop: String,
+    vendor: String,
+    product: String,
+    buyer: String,
+    drivers: HashMap<String, String>, // id -> token
+    otps: HashMap<String, String>,
+    /// Every transition the hub acknowledged: (order, version, status).
+    acked: Vec<(String, i64, String)>,
+}
+
+/// One step of everyone's work: vendors accept and ready, drivers pick up and deliver.
+async fn work(hub: &TestHub, w: &mut World, place: bool) -> usize {
+    if place {
+        let body = json!({"shop_id": w.shop, "items": [{"product_id": w.product, "quantity": 1}],
+                          "delivery": {"lat": 0.001, "lng": 0.001, "address": "R 1"}, "payment": "cod"});
+        let (s, v) = hub
+            .call("POST", "/api/orders", Some(&w.buyer), Some(body))
+            .await;
+        if s == 201 {
+            let id = v["order"]["id"].as_str().unwrap().to_owned();
+            w.otps
+                .insert(id.clone(), v["otp"].as_str().unwrap().to_owned());
+            w.acked.push((id, 1, "pending".into()));
+        }
+    }
+    let (s, list) = hub
+        .call("GET", "/api/orders?limit=100", Some(ADMIN), None)
+        .await;
+    if s != 200 {
+        return usize::MAX;
+    }
+    let mut active = 0;
+    for o in list["orders"].as_array().unwrap() {
+        let id = o["id"].as_str().unwrap();
+        let version = o["version"].as_i64().unwrap();
+        let status = o["status"].as_str().unwrap();
+        let driver = o["driver_id"]
+            .as_str()
+            .and_then(|d| w.drivers.get(d))
+            .cloned();
+        let (token, action) = match (status, driver) {
+            ("pending", _) => (w.vendor.clone(), "accept"),
+            ("accepted", _) => (w.vendor.clone(), "mark_ready"),
+            ("assigned", Some(t)) => (t, "pick_up"),
+            ("picked_up", Some(t)) => (t, "deliver"),
+            ("ready", _) => {
+                active += 1;
+                continue;
+            }
+            _ => continue,
+        };
+        active += 1;
+        let otp = w.otps.get(id).cloned();
+        let (s, v) = hub
+            .transition(
+                &token,
+                id,
+                action,
+                version,
+                otp.as_deref().filter(|_| action == "deliver"),
+            )
+            .await;
+        if s == 200 {
+            w.acked.push((
+                id.to_owned(),
+                v["version"].as_i64().unwrap(),
+                v["status"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    active
+}
+
+async fn drivers_online(hub: &TestHub, w: &World) -> Vec<Ws> {
+    let mut socks = Vec::new();
+    for (i, token) in w.drivers.values().enumerate() {
+        let mut ws = hub.socket(token).await;
+        ws.send(json!({"type": "location", "lat": 0.0005 * i as f64, "lng": 0.0}))
+            .await;
+        socks.push(ws);
+    }
+    socks
+}
+
+#[sqlx::test]
+async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
+    dispatch_hub::store::MIGRATOR.run(&db).await.unwrap();
+    let url = db_url_for(&db);
+    let bind = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{bind}");
+    let mut proc = Proc::spawn(&url, &bind);
+    let hub = TestHub {
+        running: None,
+        base: base.clone(),
+        ws_url: format!("ws://{bind}/ws"),
+        http: reqwest::Client::new(),
+    };
+    wait_ready(&hub.http, &base).await;
+
+    let (shop, vendor, product) = hub.shop(0.0, 0.0).await;
+    let (_, buyer) = hub.buyer().await;
+    let mut drivers = HashMap::new();
+    for _ in 0..4 {
+        let (id, token) = hub.driver().await;
+        drivers.insert(id, token);
+    }
+    let mut w = World {
+        shop,
+        vendor,
+        product,
+        buyer,
+        drivers,
+        otps: HashMap::new(),
+        acked: Vec::new(),
+    };
+    let socks = drivers_online(&hub, &w).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Work for a while, then pull the plug in the middle of it.
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        proc.kill9();
+        proc
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    while tokio::time::Instant::now() < deadline {
+        work(&hub, &mut w, true).await;
+    }
+    let proc = killer.await.unwrap();
+    drop(socks);
+    let before = w.acked.len();
+    assert!(
+        before > 10,
+        "the flow did some work before the crash ({before})"
+    );
+
+    // Start again on the same database; drivers reconnect.
+    drop(proc);
+    let _proc = Proc::spawn(&url, &bind);
+    wait_ready(&hub.http, &base).await;
+    let _socks = drivers_online(&hub, &w).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = work(&hub, &mut w, false).await;
+        if active == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{active} orders still active after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Nothing acknowledged was lost.
+    for (order, version, status) in &w.acked {
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT kind FROM order_events WHERE order_id = $1::uuid AND version = $2",
+        )
+        .bind(order)
+        .bind(*version as i32)
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        let expected = match status.as_str() {
+            "pending" => "created",
+            "ready" => "ready",
+            s => s,
+        };
+        assert_eq!(
+            kind.as_deref(),
+            Some(expected),
+            "acked {order} v{version} {status}"
+        );
+    }
+    // Every log is gapless and matches its order's version.
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o WHERE o.version <> (SELECT count(*) FROM order_events e WHERE e.order_id = o.id)
+            OR o.version <> (SELECT max(version) FROM order_events e WHERE e.order_id = o.id)")
+        .fetch_one(&db).await.unwrap();
+    assert_eq!(bad, 0);
+    // Everything was delivered, each by one driver, with one commission each.
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "delivered");
+    let c: i64 = sqlx::query_scalar("SELECT count(*) FROM commissions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(c, rows[0].1);
+    // No driver was ever given a second order while holding one: replay the log.
+    let events: Vec<(uuid::Uuid, String, Value)> = sqlx::query_as(
+        "SELECT order_id, kind, payload FROM order_events ORDER BY created_at, order_id, version",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let mut holding: HashMap<String, uuid::Uuid> = HashMap::new();
+    let mut driver_of: HashMap<uuid::Uuid, String> = HashMap::new();
+    for (order, kind, payload) in events {
+        match kind.as_str() {
+            "assigned" => {
+                let d = payload["driver_id"].as_str().unwrap().to_owned();
+                assert!(
+                    !holding.contains_key(&d),
+                    "driver {d} got a second active order"
+                );
+                assert!(
+                    !driver_of.contains_key(&order),
+                    "order {order} got a second driver"
+                );
+                holding.insert(d.clone(), order);
+                driver_of.insert(order, d);
+            }
+            "declined" | "unassigned" | "delivered" | "delivery_failed" => {
+                if let Some(d) = driver_of.remove(&order) {
+                    holding.remove(&d);
+                }
+            }
+            _ => {}
+        }
+    }
+}

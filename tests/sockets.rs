@@ -285,12 +285,15 @@ async fn a_client_that_never_reads_cannot_hold_back_the_others(db: PgPool) {
                     next += 1;
                 }
             }
-            next
+            (next, ws)
         }));
     }
     publisher.await.unwrap();
+    let mut readers = Vec::new();
     for h in handles {
-        assert_eq!(h.await.unwrap(), total);
+        let (n, ws) = h.await.unwrap();
+        assert_eq!(n, total);
+        readers.push(ws); // keep them connected
     }
     // The laggard was cut loose: no longer subscribed, its queue freed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -376,6 +379,12 @@ async fn bad_input_gets_the_documented_answer(db: PgPool) {
             .await
     );
     assert_eq!(ws.close_code().await, Some(1009));
+    let mut ws = hub.socket(&buyer).await;
+    assert!(
+        ws.send_raw(Message::Text("y".repeat(200 * 1024).into()))
+            .await
+    );
+    assert_eq!(ws.close_code().await, Some(1009), "over the hard cap too");
 
     // Flooding: a warning, then 4429.
     let mut ws = hub.socket(&buyer).await;

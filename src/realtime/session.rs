@@ -127,6 +127,15 @@ async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, &'static 
     })
 }
 
+/// Did reading fail because the frame was over the hard size cap?
+fn too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    matches!(
+        e.into_inner().downcast_ref::<WsError>(),
+        Some(WsError::Capacity(_))
+    )
+}
+
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
@@ -159,7 +168,8 @@ impl Session {
                 frame = socket.recv() => {
                     last_heard = Instant::now();
                     match frame {
-                        None | Some(Err(_)) => return None,
+                        None => return None,
+                        Some(Err(e)) => return too_big(e).then_some((close::TOO_BIG, "message over 16 KiB")),
                         Some(Ok(Message::Close(_))) => return Some((close::NORMAL, "bye")),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Binary(_))) => {

@@ -55,6 +55,36 @@ async fn admin_routes_need_the_admin_token(db: PgPool) {
         (s, v["error"]["code"].as_str()),
         (422, Some("validation_failed"))
     );
+    let (s, v) = hub
+        .call(
+            "POST",
+            "/api/admin/shops",
+            Some(ADMIN),
+            Some(json!({"name": "S\u{0000}", "lat": 1.0, "lng": 2.0})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("validation_failed")),
+        "NUL is refused, not a 500"
+    );
+    let (s, _) = hub
+        .call(
+            "POST",
+            "/api/buyers",
+            None,
+            Some(json!({"name": "B\u{0000}", "phone": "12345"})),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, v) = hub
+        .call("POST", "/api/auth/logout", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "the admin token is not revocable"
+    );
 }
 
 #[sqlx::test]

@@ -97,6 +97,11 @@ async fn vendor_marks_ready_and_the_nearest_driver_gets_it_then_the_next_after_a
     let id = ready_order(&hub, &s).await;
     let a = assigned_to(&mut near.ws, &id).await;
     assert_eq!(a["order"]["driver_id"], near.id.as_str());
+    // While it is theirs, the driver may follow the order's own topic.
+    assert_eq!(
+        near.ws.subscribe(&format!("order:{id}")).await["type"],
+        "snapshot"
+    );
     let d = a["event"]["payload"]["distance_m"].as_i64().unwrap();
     assert!((280..=320).contains(&d), "distance {d}");
     // Decline: the next nearest gets it.
@@ -105,6 +110,13 @@ async fn vendor_marks_ready_and_the_nearest_driver_gets_it_then_the_next_after_a
     assert_eq!(ack["order"]["status"], "ready");
     let a = assigned_to(&mut mid.ws, &id).await;
     assert_eq!(a["order"]["version"], 6);
+    // The driver who declined hears of the decline, and of nothing after it.
+    while let Some(v) = near.ws.next_json_within(Duration::from_millis(300)).await {
+        assert!(
+            v["order"]["version"].as_i64().unwrap_or(0) <= 5,
+            "leaked to the decliner: {v}"
+        );
+    }
     // And again: never back to the driver who declined.
     mid.ws.send(json!({"type": "transition", "ref": "d", "order_id": id, "action": "decline", "expected_version": 6})).await;
     let a = assigned_to(&mut far.ws, &id).await;

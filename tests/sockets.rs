@@ -29,6 +29,9 @@ async fn every_party_sees_every_transition_once_and_in_order(db: PgPool) {
         .await;
     let id = o["id"].as_str().unwrap().to_owned();
     let created = vendor.until("created", |v| v["type"] == "order").await;
+    // Overlapping topics: the order also on its own topic — still each version once.
+    let snap = vendor.subscribe(&format!("order:{id}")).await;
+    assert_eq!(snap["orders"][0]["version"], 1);
     assert_eq!(
         (
             created["event"]["kind"].as_str(),

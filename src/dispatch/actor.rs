@@ -5,16 +5,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::time::MissedTickBehavior;
-use uuid::Uuid;
+
+mod upkeep;
 
 use super::index::DriverIndex;
-use super::{AssignFailure, Control, DriverState, Location, OrderChanged, Receivers};
+use super::{AssignFailure, Control, Location, OrderChanged, Receivers};
 use crate::domain::{Action, Actor, DriverId, EventKind, GeoPoint, OrderId, OrderStatus};
 use crate::error::Error;
 use crate::realtime::registry::ConnId;
-use crate::realtime::{Outbound, Topic};
 use crate::service::Hub;
 use crate::service::orders::{SystemInput, TransitionRequest};
 use crate::store;
@@ -23,6 +22,7 @@ const TICK: Duration = Duration::from_millis(250);
 const FLEET_EVERY: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 const BUSY_COOLDOWN: Duration = Duration::from_secs(5);
+const OFFER_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Driver {
@@ -40,6 +40,9 @@ struct Driver {
     reserved: Option<OrderId>,
     /// A grace-period action (unassign / driver_lost) was started for this order.
     handled_loss: Option<OrderId>,
+    loss_retry_at: Option<Instant>,
+    /// When this free driver was last offered the waiting queue (a scan of it).
+    last_offer: Option<Instant>,
     blocked_until: Option<Instant>,
     fleet_dirty: bool,
     last_fleet: Option<Instant>,
@@ -102,8 +105,18 @@ async fn run(mut rx: Receivers) {
         waiting_parked: HashMap::new(),
         last_flush: Instant::now(),
     };
-    if let Err(e) = st.recover().await {
-        tracing::error!(error = %e, "dispatcher could not rebuild its state from Postgres");
+    // Without its state the dispatcher would treat busy drivers as free and forget waiting
+    // orders, so it retries until Postgres answers.
+    while let Err(e) = st.recover().await {
+        tracing::error!(error = %e, "dispatcher could not rebuild its state from Postgres; retrying");
+        st.drivers.clear();
+        st.waiting.clear();
+        st.queue.clear();
+        st.declined.clear();
+        tokio::select! {
+            _ = st.hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY_AFTER) => {}
+        }
     }
     for m in early {
         st.control(m);
@@ -123,7 +136,9 @@ async fn run(mut rx: Receivers) {
             _ = tick.tick() => st.tick(),
         }
     }
-    st.flush_positions(true);
+    if let Some(last) = st.flush_positions() {
+        last.await;
+    }
 }
 
 impl State {
@@ -213,6 +228,15 @@ impl State {
                 let _ = reply.send(states);
             }
             Control::Start(_) => {}
+            Control::LossHandled { driver, order, ok } => {
+                if let Some(d) = self.drivers.get_mut(&driver)
+                    && !ok
+                    && d.handled_loss == Some(order)
+                {
+                    d.handled_loss = None;
+                    d.loss_retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
         }
     }
 
@@ -227,9 +251,13 @@ impl State {
                     }
                     self.release(prev, c.id);
                 }
-                if let Some(shop) = c.shop_pos {
-                    self.enqueue(c.id, c.version, shop);
-                    self.try_dispatch(c.id);
+                match c.shop_pos {
+                    Some(shop) => {
+                        self.enqueue(c.id, c.version, shop);
+                        self.try_dispatch(c.id);
+                    }
+                    // The shop's position could not be read: look it up again, then come back.
+                    None => self.spawn_shop_lookup(c),
                 }
             }
             OrderStatus::Assigned => {
@@ -354,7 +382,13 @@ impl State {
             }
             _ => {}
         }
-        if free && !self.waiting.is_empty() {
+        // A newly free driver is offered the queue at once; a moving one at most once a
+        // second, so that location updates cannot turn into a queue scan each.
+        let offer_due = was_indexed.is_none()
+            || d.last_offer
+                .is_none_or(|t| now.duration_since(t) >= OFFER_EVERY);
+        if free && !self.waiting.is_empty() && offer_due {
+            d.last_offer = Some(now);
             self.offer_driver(id);
         }
         self.publish_fleet(id);
@@ -482,176 +516,5 @@ impl State {
         }
         self.refresh(driver);
         self.try_dispatch(order);
-    }
-
-    fn tick(&mut self) {
-        let now = Instant::now();
-        // Drivers whose last location is too old go offline; free ones leave the index.
-        let ids: Vec<DriverId> = self.drivers.keys().copied().collect();
-        for id in &ids {
-            let Some(d) = self.drivers.get(id) else {
-                continue;
-            };
-            let online = self.is_online(d, now);
-            let stale_in_index = d.indexed_at.is_some() && !self.is_free(d, now);
-            let unblocked = d.blocked_until.is_some_and(|t| now >= t);
-            if (online == d.offline_since.is_some()) || stale_in_index || unblocked {
-                if unblocked && let Some(d) = self.drivers.get_mut(id) {
-                    d.blocked_until = None;
-                }
-                self.refresh(*id);
-            }
-        }
-        // Drivers offline past the grace period while holding an order.
-        let grace: Vec<(DriverId, OrderId, bool)> = self
-            .drivers
-            .iter()
-            .filter_map(|(id, d)| {
-                let order = d.order?;
-                let since = d.offline_since?;
-                (now.duration_since(since) >= self.grace && d.handled_loss != Some(order))
-                    .then_some((*id, order, d.picked_up))
-            })
-            .collect();
-        for (driver, order, picked_up) in grace {
-            if let Some(d) = self.drivers.get_mut(&driver) {
-                d.handled_loss = Some(order);
-            }
-            self.spawn_lost(driver, order, picked_up);
-        }
-        // Orders whose retry time has come.
-        let due: Vec<OrderId> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.retry_at.is_some_and(|t| now >= t))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            if let Some(w) = self.waiting.get_mut(&id) {
-                w.retry_at = None;
-            }
-            self.try_dispatch(id);
-        }
-        for id in ids {
-            self.publish_fleet(id);
-        }
-        let every = Duration::from_secs(self.hub.config.position_flush_s.max(1));
-        if now.duration_since(self.last_flush) >= every {
-            self.flush_positions(false);
-        }
-    }
-
-    /// A driver offline past the grace period: before pickup the order goes back to the queue
-    /// (`unassign`); after pickup it is not silently reassigned — `driver_lost` is recorded.
-    fn spawn_lost(&self, driver: DriverId, order: OrderId, picked_up: bool) {
-        let hub = self.hub.clone();
-        tokio::spawn(async move {
-            let current = match hub.get_order(Actor::SYSTEM, order).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(error = %e, %order, "could not read order of a lost driver");
-                    return;
-                }
-            };
-            if current.driver_id != Some(driver) {
-                return;
-            }
-            let action = match (current.status, picked_up) {
-                (OrderStatus::Assigned, _) => Action::Unassign,
-                (OrderStatus::PickedUp, _) => Action::ReportDriverLost,
-                _ => return,
-            };
-            let req = TransitionRequest {
-                action,
-                expected_version: current.version,
-                otp: None,
-                reason: Some("driver offline past the grace period".into()),
-            };
-            match hub.transition(Actor::SYSTEM, order, req).await {
-                Ok(_) => tracing::info!(%order, %driver, ?action, "driver lost"),
-                Err(e) => tracing::warn!(error = %e, %order, "could not handle a lost driver"),
-            }
-        });
-    }
-
-    fn driver_state(&self, id: DriverId, d: &Driver, now: Instant) -> DriverState {
-        let state = if !self.is_online(d, now) {
-            "offline"
-        } else if d.order.is_some() || d.reserved.is_some() {
-            "busy"
-        } else if !d.available {
-            "unavailable"
-        } else {
-            "free"
-        };
-        DriverState {
-            id,
-            lat: d.pos.map(|p| p.lat),
-            lng: d.pos.map(|p| p.lng),
-            state,
-            order_id: d.order.or(d.reserved),
-            at: Utc::now(),
-        }
-    }
-
-    /// Sends a driver's state to `fleet`, at most once per second per driver.
-    fn publish_fleet(&mut self, id: DriverId) {
-        let now = Instant::now();
-        let Some(d) = self.drivers.get(&id) else {
-            return;
-        };
-        if !d.fleet_dirty
-            || d.last_fleet
-                .is_some_and(|t| now.duration_since(t) < FLEET_EVERY)
-        {
-            return;
-        }
-        let registry = self.hub.registry.clone();
-        if registry.subscriber_count(Topic::Fleet) > 0 {
-            let state = self.driver_state(id, d, now);
-            if let Ok(json) = serde_json::to_string(&state) {
-                let text = format!(r#"{{"type":"driver","topic":"fleet","driver":{json}}}"#);
-                registry.publish(Topic::Fleet, &Outbound::Text(text.into()));
-            }
-        }
-        if let Some(d) = self.drivers.get_mut(&id) {
-            d.fleet_dirty = false;
-            d.last_fleet = Some(now);
-        }
-    }
-
-    /// Writes the positions that changed since the last flush, in one statement, off-loop.
-    fn flush_positions(&mut self, wait: bool) {
-        self.last_flush = Instant::now();
-        let now = Utc::now();
-        let (mut ids, mut lats, mut lngs, mut ats) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, d) in self.drivers.iter_mut() {
-            if !d.pos_dirty {
-                continue;
-            }
-            d.pos_dirty = false;
-            if let Some(p) = d.pos {
-                ids.push(id.0);
-                lats.push(p.lat);
-                lngs.push(p.lng);
-                ats.push(now);
-            }
-        }
-        if ids.is_empty() {
-            return;
-        }
-        let db = self.hub.db.clone();
-        let task = async move {
-            let ids: Vec<Uuid> = ids;
-            if let Err(e) = store::fleet::save_positions(&db, &ids, &lats, &lngs, &ats).await {
-                tracing::warn!(error = %e, "could not save driver positions");
-            }
-        };
-        if wait {
-            self.hub.tasks.spawn(task);
-        } else {
-            tokio::spawn(task);
-        }
     }
 }

@@ -55,6 +55,12 @@ pub(crate) enum Control {
         result: Result<(), AssignFailure>,
     },
     Fleet(oneshot::Sender<Vec<DriverState>>),
+    /// A grace-period action finished (`ok == false`: retry on a later tick).
+    LossHandled {
+        driver: DriverId,
+        order: OrderId,
+        ok: bool,
+    },
     Start(Arc<Hub>),
 }
 
@@ -98,6 +104,12 @@ impl DispatchHandle {
     /// Returns false when the location was dropped because the dispatcher is overloaded.
     pub fn driver_location(&self, d: DriverId, at: GeoPoint) -> bool {
         self.locations.try_send(Location(d, at)).is_ok()
+    }
+
+    pub(crate) fn loss_handled(&self, driver: DriverId, order: OrderId, ok: bool) {
+        let _ = self
+            .control
+            .send(Control::LossHandled { driver, order, ok });
     }
 
     pub(crate) fn assigned(

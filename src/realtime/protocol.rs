@@ -12,6 +12,7 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const TOO_BIG: u16 = 1009;
+    pub const UNAVAILABLE: u16 = 1011;
     pub const IDLE: u16 = 4000;
     pub const UNAUTHORIZED: u16 = 4401;
     pub const TOO_SLOW: u16 = 4408;

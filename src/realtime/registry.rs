@@ -35,6 +35,9 @@ pub struct Subscriber {
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when the queue overflowed; the session then closes with 4408.
     pub lagged: CancellationToken,
+    /// Set for driver sessions: an `order:` topic reaches a driver only while the order is
+    /// theirs (or in the event that takes it away).
+    pub driver: Option<DriverId>,
 }
 
 #[derive(Default)]
@@ -84,11 +87,21 @@ impl Registry {
 
     /// Hands `msg` to every subscriber of `topic` without waiting. Returns how many took it.
     pub fn publish(&self, topic: Topic, msg: &Outbound) -> usize {
+        self.publish_to(topic, msg, |_| true)
+    }
+
+    /// Like [`Registry::publish`], for the subscribers `keep` accepts.
+    fn publish_to(
+        &self,
+        topic: Topic,
+        msg: &Outbound,
+        keep: impl Fn(&Subscriber) -> bool,
+    ) -> usize {
         let Some(subs) = self.topics.get(&topic) else {
             return 0;
         };
         let mut delivered = 0;
-        for sub in subs.values() {
+        for sub in subs.values().filter(|s| keep(s)) {
             match sub.tx.try_send(msg.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -137,7 +150,11 @@ impl Registry {
                 is_final: o.status.is_final(),
                 text: text.into(),
             };
-            self.publish(topic, &msg);
+            // A driver who lost the order no longer follows it on its `order:` topic.
+            self.publish_to(topic, &msg, |s| match (topic, s.driver) {
+                (Topic::Order(_), Some(d)) => o.driver_id == Some(d) || extra_driver == Some(d),
+                _ => true,
+            });
         }
     }
 }

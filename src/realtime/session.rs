@@ -33,6 +33,10 @@ const MAX_TOPICS: usize = 64;
 const RATE: f64 = 50.0;
 /// Messages over the limit tolerated (after the `rate_limited` warning) before closing.
 const MAX_EXCESS: u32 = 50;
+/// A frame that cannot be written within this long means the peer is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a final order's last version is remembered (to drop late duplicates).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 /// Why the loop ended: a close frame to send, or nothing (the peer is gone).
 type Exit = Option<(u16, &'static str)>;
@@ -43,8 +47,9 @@ struct Session {
     conn: ConnId,
     sub: Subscriber,
     topics: HashSet<Topic>,
-    /// Newest version sent per order on this socket.
-    sent: HashMap<OrderId, i32>,
+    /// Newest version sent per order on this socket; for final orders also when it became
+    /// final, so the entry can be dropped once no late copy can arrive any more.
+    sent: HashMap<OrderId, (i32, Option<Instant>)>,
     tokens: f64,
     refilled: Instant,
     excess: u32,
@@ -54,18 +59,18 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     metrics::gauge!("hub_connections").increment(1.0);
     let actor = match handshake(&hub, &mut socket).await {
         Ok(a) => a,
-        Err(reason) => {
-            close_with(&mut socket, close::UNAUTHORIZED, reason).await;
+        Err((code, reason)) => {
+            close_with(&mut socket, code, reason).await;
             metrics::gauge!("hub_connections").decrement(1.0);
             return;
         }
     };
     let welcome = json!({"type": "welcome", "role": actor.role, "subject_id": actor.id});
-    if socket
-        .send(Message::Text(welcome.to_string().into()))
-        .await
-        .is_err()
-    {
+    let greeting = socket.send(Message::Text(welcome.to_string().into()));
+    if !matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, greeting).await,
+        Ok(Ok(()))
+    ) {
         metrics::gauge!("hub_connections").decrement(1.0);
         return;
     }
@@ -75,6 +80,9 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         sub: Subscriber {
             tx,
             lagged: CancellationToken::new(),
+            driver: (actor.role == Role::Driver)
+                .then_some(actor.id.map(DriverId))
+                .flatten(),
         },
         hub: hub.clone(),
         actor,
@@ -104,26 +112,31 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
     metrics::gauge!("hub_connections").decrement(1.0);
 }
 
-async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, &'static str> {
-    let wait = Duration::from_secs(hub.config.ws_auth_timeout_s);
+async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, (u16, &'static str)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(hub.config.ws_auth_timeout_s);
+    let unauthorized = |why| (close::UNAUTHORIZED, why);
     let first = loop {
-        match tokio::time::timeout(wait, socket.recv()).await {
-            Err(_) => return Err("auth timeout"),
-            Ok(None | Some(Err(_))) => return Err("closed before auth"),
+        let next = tokio::select! {
+            n = tokio::time::timeout_at(deadline, socket.recv()) => n,
+            _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "hub shutting down")),
+        };
+        match next {
+            Err(_) => return Err(unauthorized("auth timeout")),
+            Ok(None | Some(Err(_))) => return Err(unauthorized("closed before auth")),
             Ok(Some(Ok(Message::Text(t)))) => break t,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(Some(Ok(_))) => return Err("first message must be auth"),
+            Ok(Some(Ok(_))) => return Err(unauthorized("first message must be auth")),
         }
     };
     if first.len() > MAX_TEXT {
-        return Err("auth message too large");
+        return Err(unauthorized("auth message too large"));
     }
     let Ok(ClientMsg::Auth { token }) = ClientMsg::parse(&first) else {
-        return Err("first message must be auth");
+        return Err(unauthorized("first message must be auth"));
     };
     hub.authenticate(&token).await.map_err(|e| match e {
-        Error::Unavailable => "hub unavailable",
-        _ => "bad token",
+        Error::Unavailable | Error::Internal(_) => (close::UNAVAILABLE, "hub unavailable, retry"),
+        _ => unauthorized("bad token"),
     })
 }
 
@@ -184,7 +197,7 @@ impl Session {
                                 return exit;
                             }
                             if self.tokens_left() && let Err(exit) = self.handle(socket, &t).await {
-                                return exit;
+                                return exit.or_else(|| self.failed_send_exit());
                             }
                         }
                     }
@@ -193,18 +206,14 @@ impl Session {
                     let out = out?;
                     let text = match out {
                         Outbound::Order { order_id, version, is_final, text } => {
-                            let prev = self.sent.get(&order_id).copied().unwrap_or(0);
-                            if version <= prev { continue; }
-                            if is_final { self.sent.remove(&order_id); } else { self.sent.insert(order_id, version); }
+                            if !self.mark_sent(order_id, version, is_final) { continue; }
                             text
                         }
                         Outbound::Text(text) => text,
                     };
                     // A socket that cannot take a frame must not hold us past the lag signal.
-                    tokio::select! {
-                        r = socket.send(Message::Text(text)) => if r.is_err() { return None },
-                        _ = lagged.cancelled() => return Some((close::TOO_SLOW, "too slow: outbound queue overflowed")),
-                        _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "hub shutting down")),
+                    if self.send_msg(socket, Message::Text(text)).await.is_err() {
+                        return self.failed_send_exit();
                     }
                     metrics::counter!("hub_frames_sent_total").increment(1);
                 }
@@ -212,17 +221,55 @@ impl Session {
                     if last_heard.elapsed() >= idle {
                         return Some((close::IDLE, "idle"));
                     }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() { return None; }
+                    self.prune_sent();
+                    if self.send_msg(socket, Message::Ping(Default::default())).await.is_err() { return None; }
                 }
             }
         }
     }
 
+    /// The close to send after a write failed: lag and shutdown have their own codes; anything
+    /// else means the peer is gone.
+    fn failed_send_exit(&self) -> Exit {
+        if self.sub.lagged.is_cancelled() {
+            Some((close::TOO_SLOW, "too slow: outbound queue overflowed"))
+        } else if self.hub.shutdown.is_cancelled() {
+            Some((close::GOING_AWAY, "hub shutting down"))
+        } else {
+            None
+        }
+    }
+
+    /// Records that `version` of an order goes out on this socket; false when it (or a newer
+    /// one) already did.
+    fn mark_sent(&mut self, id: OrderId, version: i32, is_final: bool) -> bool {
+        let prev = self.sent.get(&id).map(|e| e.0).unwrap_or(0);
+        if version <= prev {
+            return false;
+        }
+        self.sent.insert(id, (version, is_final.then(Instant::now)));
+        true
+    }
+
+    /// Forgets final orders long enough ago that no copy of them can still be queued.
+    fn prune_sent(&mut self) {
+        self.sent
+            .retain(|_, (_, done)| done.is_none_or(|t| t.elapsed() < TOMBSTONE_TTL));
+    }
+
     async fn send(&self, socket: &mut WebSocket, text: String) -> Result<(), ()> {
-        socket
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|_| ())
+        self.send_msg(socket, Message::Text(text.into())).await
+    }
+
+    /// Sends one frame, giving up when the client is too slow, the hub shuts down, or the write
+    /// does not complete within [`WRITE_TIMEOUT`] — a session never hangs on a dead peer.
+    async fn send_msg(&self, socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
+        tokio::select! {
+            r = socket.send(msg) => r.map_err(|_| ()),
+            _ = self.sub.lagged.cancelled() => Err(()),
+            _ = self.hub.shutdown.cancelled() => Err(()),
+            _ = tokio::time::sleep(WRITE_TIMEOUT) => Err(()),
+        }
     }
 
     /// Token bucket. Returns an exit when the client keeps flooding after the warning.
@@ -288,7 +335,8 @@ impl Session {
                         if self.topics.remove(&t) {
                             self.hub.registry.unsubscribe(t, self.conn);
                         }
-                        json!({"type": "unsubscribed", "topic": topic, "ref": r}).to_string()
+                        json!({"type": "unsubscribed", "topic": t.to_string(), "ref": r})
+                            .to_string()
                     }
                     None => error_frame(&r, "bad_topic", "unknown topic"),
                 }
@@ -394,12 +442,10 @@ impl Session {
         };
         self.topics.insert(topic);
         for o in &orders {
-            let prev = self.sent.get(&o.id).copied().unwrap_or(0);
-            if o.version > prev && !o.status.is_final() {
-                self.sent.insert(o.id, o.version);
-            }
+            self.mark_sent(o.id, o.version, o.status.is_final());
         }
-        let mut frame = json!({"type": "snapshot", "topic": raw, "ref": r, "orders": orders});
+        let mut frame =
+            json!({"type": "snapshot", "topic": topic.to_string(), "ref": r, "orders": orders});
         if let Some(d) = drivers {
             frame["drivers"] = d;
         }

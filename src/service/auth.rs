@@ -33,6 +33,8 @@ pub struct Secrets {
     admin_token_sha: Option<[u8; 32]>,
     otp_key: [u8; 32],
     login_params: Params,
+    /// A hash of a random code, verified against for unknown accounts.
+    dummy_hash: String,
 }
 
 impl Secrets {
@@ -50,7 +52,15 @@ impl Secrets {
         };
         let login_params =
             Params::new(login_hash_kib.max(8), 2, 1, None).unwrap_or_else(|_| Params::default());
+        let dummy_hash = {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, login_params.clone())
+                .hash_password(new_code().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
         Self {
+            dummy_hash,
             admin_token_sha: admin_token
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -59,7 +69,7 @@ impl Secrets {
         }
     }
 
-    fn is_admin_token(&self, token: &str) -> bool {
+    pub fn is_admin_token(&self, token: &str) -> bool {
         match &self.admin_token_sha {
             Some(want) => {
                 let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -71,6 +81,17 @@ impl Secrets {
 
     pub fn admin_enabled(&self) -> bool {
         self.admin_token_sha.is_some()
+    }
+
+    /// What is hashed for an OTP: the code keyed by the server secret, so that a stolen
+    /// database alone cannot be brute-forced over the 10⁶ possible codes.
+    pub fn otp_material(&self, otp: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.otp_key) else {
+            return otp.to_owned();
+        };
+        mac.update(b"otp-hash\0");
+        mac.update(otp.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// The order's 6-digit OTP, derived from the server secret so that the database holds only
@@ -102,6 +123,23 @@ pub fn new_token() -> (String, String) {
 
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Is this a 6-digit code?
+pub fn is_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The key of a client address for the limiter: IPv6 clients by their /64, since one host
+/// usually owns a whole /64.
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 /// Argon2id hash of a short code, computed off the async runtime.
@@ -137,46 +175,86 @@ pub fn otp_params() -> Params {
 }
 
 /// Counts failed logins per key (an account or a client address) in a sliding window.
+///
+/// An attempt is counted *before* the code is checked and refunded if it was right, so that
+/// many concurrent guesses cannot all slip through between the check and the count.
 #[derive(Default)]
 pub struct LoginLimiter {
     failures: DashMap<String, VecDeque<Instant>>,
 }
 
+/// Above this many keys, expired ones are swept on the next attempt.
+const SWEEP_ABOVE: usize = 10_000;
+
 impl LoginLimiter {
-    /// `Err(RateLimited)` when any key has used up its failures.
-    pub fn check(&self, keys: &[String]) -> Result<()> {
+    /// Refuses with `RateLimited` when the account or the address has used up its failures;
+    /// otherwise counts an attempt against the account right away (so concurrent guesses at
+    /// one account cannot all slip through) and returns it. The address is charged only when
+    /// the attempt fails, so many users behind one address can log in at once.
+    pub fn begin(&self, account: String, address: String) -> Result<Attempt> {
         let now = Instant::now();
-        for k in keys {
-            if let Some(mut q) = self.failures.get_mut(k) {
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-                {
-                    q.pop_front();
-                }
-                if q.len() >= MAX_FAILURES {
-                    let oldest = q.front().copied().unwrap_or(now);
-                    let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(oldest));
-                    return Err(Error::RateLimited {
-                        retry_after_s: wait.as_secs().max(1),
-                    });
-                }
+        if self.failures.len() > SWEEP_ABOVE {
+            self.failures.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) <= FAILURE_WINDOW)
+            });
+        }
+        if let Some(mut q) = self.failures.get_mut(&address) {
+            Self::expire(&mut q, now);
+            if q.len() >= MAX_FAILURES {
+                return Err(Self::limited(&q, now));
             }
         }
-        Ok(())
+        let mut q = self.failures.entry(account.clone()).or_default();
+        Self::expire(&mut q, now);
+        if q.len() >= MAX_FAILURES {
+            return Err(Self::limited(&q, now));
+        }
+        q.push_back(now);
+        Ok(Attempt { account, address })
     }
 
-    pub fn fail(&self, keys: &[String]) {
-        let now = Instant::now();
-        for k in keys {
-            let mut q = self.failures.entry(k.clone()).or_default();
-            q.push_back(now);
-            while q.len() > MAX_FAILURES {
-                q.pop_front();
-            }
+    fn expire(q: &mut VecDeque<Instant>, now: Instant) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+        {
+            q.pop_front();
         }
     }
+
+    fn limited(q: &VecDeque<Instant>, now: Instant) -> Error {
+        let oldest = q.front().copied().unwrap_or(now);
+        let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(oldest));
+        Error::RateLimited {
+            retry_after_s: wait.as_secs().max(1),
+        }
+    }
+
+    /// The code was right: the account's attempt is taken back.
+    pub fn succeeded(&self, a: Attempt) {
+        if let Some(mut q) = self.failures.get_mut(&a.account) {
+            q.pop_back();
+        }
+    }
+
+    /// The code was wrong: the address is charged too.
+    pub fn failed(&self, a: Attempt) {
+        self.failures
+            .entry(a.address)
+            .or_default()
+            .push_back(Instant::now());
+    }
 }
+
+/// A counted login attempt.
+pub struct Attempt {
+    account: String,
+    address: String,
+}
+
+/// Argon2id verifications of login codes running at once (each uses `HUB_LOGIN_HASH_KIB`).
+pub const LOGIN_VERIFY_SLOTS: usize = 4;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,25 +310,33 @@ impl Hub {
         if !matches!(req.role, Role::Vendor | Role::Driver) {
             return Err(Error::validation("role must be vendor or driver"));
         }
-        let keys = [
+        let attempt = self.limiter.begin(
             format!("account:{}", req.account_id),
-            format!("ip:{client}"),
-        ];
-        self.limiter.check(&keys)?;
-        let well_formed = req.code.len() == 6 && req.code.bytes().all(|b| b.is_ascii_digit());
-        let hash = accounts::login_code_hash(&self.db, req.role, req.account_id).await?;
-        let ok = match (well_formed, hash) {
-            (true, Some(hash)) => verify_code(hash, req.code).await?,
-            _ => false,
+            format!("ip:{}", ip_key(client)),
+        )?;
+        let stored = accounts::login_code_hash(&self.db, req.role, req.account_id).await?;
+        // Unknown accounts and malformed codes cost one verification too, so that timing does
+        // not tell which accounts exist.
+        let known = stored.is_some() && is_code(&req.code);
+        let hash = stored.unwrap_or_else(|| self.secrets.dummy_hash.clone());
+        let ok = {
+            let _slot = self.login_slots.acquire().await.map_err(Error::internal)?;
+            verify_code(hash, req.code).await?
         };
-        if !ok {
-            self.limiter.fail(&keys);
+        if !(ok && known) {
+            self.limiter.failed(attempt);
             return Err(Error::Unauthorized("unknown account or wrong code".into()));
         }
+        self.limiter.succeeded(attempt);
         self.issue_token(req.role, req.account_id).await
     }
 
     pub async fn logout(&self, token: &str) -> Result<()> {
+        if self.secrets.is_admin_token(token) {
+            return Err(Error::BadRequest(
+                "the admin token is configured, not issued; it cannot be revoked".into(),
+            ));
+        }
         accounts::revoke_session(&self.db, &token_hash(token)).await?;
         Ok(())
     }
@@ -260,14 +346,8 @@ impl Hub {
         name: &str,
         phone: &str,
     ) -> Result<(accounts::Buyer, TokenResponse)> {
-        let name = name.trim();
-        let phone = phone.trim();
-        if name.is_empty() || name.chars().count() > 120 {
-            return Err(Error::validation("name must be 1 to 120 characters"));
-        }
-        if !(3..=32).contains(&phone.chars().count()) {
-            return Err(Error::validation("phone must be 3 to 32 characters"));
-        }
+        let name = super::text("name", name, 1, 120)?;
+        let phone = super::text("phone", phone, 3, 32)?;
         let buyer = accounts::insert_buyer(&self.db, Uuid::now_v7(), name, phone).await?;
         let token = self.issue_token(Role::Buyer, buyer.id).await?;
         Ok((buyer, token))

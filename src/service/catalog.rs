@@ -48,11 +48,7 @@ pub struct Created<T> {
 }
 
 pub fn check_name(name: &str) -> Result<&str> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 120 {
-        return Err(Error::validation("name must be 1 to 120 characters"));
-    }
-    Ok(name)
+    super::text("name", name, 1, 120)
 }
 
 fn require_admin(actor: Actor) -> Result<()> {
@@ -72,9 +68,7 @@ impl Hub {
         require_admin(actor)?;
         let name = check_name(&req.name)?;
         let pos = GeoPoint::new(req.lat, req.lng).map_err(|e| Error::validation(e.to_string()))?;
-        if req.address.chars().count() > 300 {
-            return Err(Error::validation("address must be at most 300 characters"));
-        }
+        let address = super::text("address", &req.address, 0, 300)?;
         let code = new_code();
         let hash = hash_code(code.clone(), self.login_params()).await?;
         let shop = accounts::insert_shop(
@@ -84,7 +78,7 @@ impl Hub {
                 name,
                 lat: pos.lat,
                 lng: pos.lng,
-                address: req.address.trim(),
+                address,
                 code_hash: &hash,
             },
         )
@@ -99,14 +93,10 @@ impl Hub {
     ) -> Result<(accounts::Driver, String)> {
         require_admin(actor)?;
         let name = check_name(&req.name)?;
-        if req.phone.chars().count() > 32 {
-            return Err(Error::validation("phone must be at most 32 characters"));
-        }
+        let phone = super::text("phone", &req.phone, 0, 32)?;
         let code = new_code();
         let hash = hash_code(code.clone(), self.login_params()).await?;
-        let driver =
-            accounts::insert_driver(&self.db, Uuid::now_v7(), name, req.phone.trim(), &hash)
-                .await?;
+        let driver = accounts::insert_driver(&self.db, Uuid::now_v7(), name, phone, &hash).await?;
         Ok((driver, code))
     }
 

@@ -20,6 +20,24 @@ use crate::dispatch::DispatchHandle;
 use crate::domain::{GeoPoint, OrderId, ShopId};
 use crate::realtime::Registry;
 
+/// Trims a client-supplied text field and checks its length (in characters) and that it holds
+/// no control characters (Postgres refuses NUL, and none belong in a name or an address).
+pub fn text<'a>(field: &str, s: &'a str, min: usize, max: usize) -> crate::error::Result<&'a str> {
+    let t = s.trim();
+    let n = t.chars().count();
+    if n < min || n > max {
+        return Err(crate::error::Error::validation(format!(
+            "{field} must be {min} to {max} characters"
+        )));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(crate::error::Error::validation(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(t)
+}
+
 /// Number of stripes of the per-order lock.
 const ORDER_LOCK_STRIPES: usize = 4096;
 
@@ -36,6 +54,8 @@ pub struct Hub {
     /// Socket sessions and background tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     order_locks: Vec<Mutex<()>>,
+    /// Bounds concurrent Argon2id login verifications (memory-hard, CPU-heavy).
+    pub login_slots: tokio::sync::Semaphore,
     shop_positions: DashMap<ShopId, GeoPoint>,
 }
 
@@ -61,6 +81,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            login_slots: tokio::sync::Semaphore::new(auth::LOGIN_VERIFY_SLOTS),
             shop_positions: DashMap::new(),
         }
     }

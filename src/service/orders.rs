@@ -113,12 +113,7 @@ impl Hub {
         }
         GeoPoint::new(req.delivery.lat, req.delivery.lng)
             .map_err(|e| Error::validation(format!("delivery: {e}")))?;
-        let address = req.delivery.address.trim();
-        if address.is_empty() || address.chars().count() > 300 {
-            return Err(Error::validation(
-                "delivery.address must be 1 to 300 characters",
-            ));
-        }
+        let address = super::text("delivery.address", &req.delivery.address, 1, 300)?;
         if accounts::get_shop(&self.db, req.shop_id.0).await?.is_none() {
             return Err(Error::validation("shop_id: no such shop"));
         }
@@ -151,7 +146,7 @@ impl Hub {
 
         let id = OrderId::new();
         let otp = self.secrets.otp_for(id);
-        let otp_hash = hash_code(otp.clone(), otp_params()).await?;
+        let otp_hash = hash_code(self.secrets.otp_material(&otp), otp_params()).await?;
         let delivery = Delivery {
             lat: req.delivery.lat,
             lng: req.delivery.lng,
@@ -190,7 +185,7 @@ impl Hub {
                     return Err(Error::IdempotencyConflict);
                 }
                 let otp = self.secrets.otp_for(rec.view.id);
-                let otp = verify_code(rec.otp_hash.clone(), otp.clone())
+                let otp = verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp))
                     .await?
                     .then_some(otp);
                 Ok((
@@ -262,10 +257,8 @@ impl Hub {
         req: TransitionRequest,
         sys: SystemInput,
     ) -> Result<OrderView> {
-        if let Some(r) = &req.reason
-            && r.chars().count() > 300
-        {
-            return Err(Error::validation("reason must be at most 300 characters"));
+        if let Some(r) = &req.reason {
+            super::text("reason", r, 0, 300)?;
         }
         let _guard = self.lock_order(id).await;
         let rec = store::get(&self.db, id).await?.ok_or(Error::NotFound)?;
@@ -311,9 +304,8 @@ impl Hub {
                 return Err(Error::OtpLocked);
             }
             let otp = req.otp.clone().unwrap_or_default();
-            let ok = otp.len() == 6
-                && otp.bytes().all(|b| b.is_ascii_digit())
-                && verify_code(rec.otp_hash.clone(), otp).await?;
+            let ok = super::auth::is_code(&otp)
+                && verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp)).await?;
             if !ok {
                 let failures = store::record_otp_failure(&self.db, id).await?;
                 if failures >= MAX_OTP_ATTEMPTS {

@@ -1,0 +1,218 @@
+//! The dispatcher's upkeep: the periodic tick (staleness, grace periods, retries), fleet
+//! updates, batched position writes, and the background work it spawns.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Driver, FLEET_EVERY, RETRY_AFTER, State};
+use crate::dispatch::{DriverState, OrderChanged};
+use crate::domain::{Action, Actor, DriverId, OrderId, OrderStatus};
+use crate::realtime::{Outbound, Topic};
+use crate::service::orders::TransitionRequest;
+use crate::store;
+
+impl State {
+    pub(super) fn tick(&mut self) {
+        let now = Instant::now();
+        // Drivers whose last location is too old go offline; free ones leave the index.
+        let ids: Vec<DriverId> = self.drivers.keys().copied().collect();
+        for id in &ids {
+            let Some(d) = self.drivers.get(id) else {
+                continue;
+            };
+            let online = self.is_online(d, now);
+            let stale_in_index = d.indexed_at.is_some() && !self.is_free(d, now);
+            let unblocked = d.blocked_until.is_some_and(|t| now >= t);
+            if (online == d.offline_since.is_some()) || stale_in_index || unblocked {
+                if unblocked && let Some(d) = self.drivers.get_mut(id) {
+                    d.blocked_until = None;
+                }
+                self.refresh(*id);
+            }
+        }
+        // Drivers offline past the grace period while holding an order.
+        let grace: Vec<(DriverId, OrderId)> = self
+            .drivers
+            .iter()
+            .filter_map(|(id, d)| {
+                let order = d.order?;
+                let since = d.offline_since?;
+                (now.duration_since(since) >= self.grace
+                    && d.handled_loss != Some(order)
+                    && d.loss_retry_at.is_none_or(|t| now >= t))
+                .then_some((*id, order))
+            })
+            .collect();
+        for (driver, order) in grace {
+            if let Some(d) = self.drivers.get_mut(&driver) {
+                d.handled_loss = Some(order);
+            }
+            self.spawn_lost(driver, order);
+        }
+        // Orders whose retry time has come.
+        let due: Vec<OrderId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.retry_at.is_some_and(|t| now >= t))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(w) = self.waiting.get_mut(&id) {
+                w.retry_at = None;
+            }
+            self.try_dispatch(id);
+        }
+        for id in ids {
+            self.publish_fleet(id);
+        }
+        let every = Duration::from_secs(self.hub.config.position_flush_s.max(1));
+        if now.duration_since(self.last_flush) >= every
+            && let Some(write) = self.flush_positions()
+        {
+            tokio::spawn(write);
+        }
+    }
+
+    pub(super) fn spawn_shop_lookup(&self, mut c: OrderChanged) {
+        let hub = self.hub.clone();
+        c.previous_driver = None; // already handled
+        tokio::spawn(async move {
+            loop {
+                match hub.shop_position(c.shop_id).await {
+                    Ok(Some(p)) => {
+                        c.shop_pos = Some(p);
+                        hub.dispatch.order_changed(c);
+                        return;
+                    }
+                    Ok(None) => return, // shops are never deleted; nothing to dispatch from
+                    Err(e) => {
+                        tracing::warn!(error = %e, order = %c.id, "shop lookup failed; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+            }
+        });
+    }
+
+    /// A driver offline past the grace period: before pickup the order goes back to the queue
+    /// (`unassign`); after pickup it is not silently reassigned — `driver_lost` is recorded.
+    pub(super) fn spawn_lost(&self, driver: DriverId, order: OrderId) {
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            let current = match hub.get_order(Actor::SYSTEM, order).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, %order, "could not read order of a lost driver");
+                    hub.dispatch.loss_handled(driver, order, false);
+                    return;
+                }
+            };
+            let action = match (current.status, current.driver_id == Some(driver)) {
+                (OrderStatus::Assigned, true) => Action::Unassign,
+                (OrderStatus::PickedUp, true) => Action::ReportDriverLost,
+                _ => return hub.dispatch.loss_handled(driver, order, true),
+            };
+            let req = TransitionRequest {
+                action,
+                expected_version: current.version,
+                otp: None,
+                reason: Some("driver offline past the grace period".into()),
+            };
+            let ok = match hub.transition(Actor::SYSTEM, order, req).await {
+                Ok(_) => {
+                    tracing::info!(%order, %driver, ?action, "driver lost");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %order, "could not handle a lost driver; will retry");
+                    false
+                }
+            };
+            hub.dispatch.loss_handled(driver, order, ok);
+        });
+    }
+
+    pub(super) fn driver_state(&self, id: DriverId, d: &Driver, now: Instant) -> DriverState {
+        let state = if !self.is_online(d, now) {
+            "offline"
+        } else if d.order.is_some() || d.reserved.is_some() {
+            "busy"
+        } else if !d.available {
+            "unavailable"
+        } else {
+            "free"
+        };
+        DriverState {
+            id,
+            lat: d.pos.map(|p| p.lat),
+            lng: d.pos.map(|p| p.lng),
+            state,
+            order_id: d.order.or(d.reserved),
+            at: Utc::now(),
+        }
+    }
+
+    /// Sends a driver's state to `fleet`, at most once per second per driver.
+    pub(super) fn publish_fleet(&mut self, id: DriverId) {
+        let now = Instant::now();
+        let Some(d) = self.drivers.get(&id) else {
+            return;
+        };
+        if !d.fleet_dirty
+            || d.last_fleet
+                .is_some_and(|t| now.duration_since(t) < FLEET_EVERY)
+        {
+            return;
+        }
+        let registry = self.hub.registry.clone();
+        if registry.subscriber_count(Topic::Fleet) > 0 {
+            let state = self.driver_state(id, d, now);
+            if let Ok(json) = serde_json::to_string(&state) {
+                let text = format!(r#"{{"type":"driver","topic":"fleet","driver":{json}}}"#);
+                registry.publish(Topic::Fleet, &Outbound::Text(text.into()));
+            }
+        }
+        if let Some(d) = self.drivers.get_mut(&id) {
+            d.fleet_dirty = false;
+            d.last_fleet = Some(now);
+        }
+    }
+
+    /// Takes the positions that changed since the last flush and returns the one statement
+    /// that writes them (the caller spawns it, or awaits it on shutdown).
+    pub(super) fn flush_positions(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.last_flush = Instant::now();
+        let now = Utc::now();
+        let (mut ids, mut lats, mut lngs, mut ats) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, d) in self.drivers.iter_mut() {
+            if !d.pos_dirty {
+                continue;
+            }
+            d.pos_dirty = false;
+            if let Some(p) = d.pos {
+                ids.push(id.0);
+                lats.push(p.lat);
+                lngs.push(p.lng);
+                ats.push(now);
+            }
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        let db = self.hub.db.clone();
+        Some(async move {
+            let ids: Vec<Uuid> = ids;
+            if let Err(e) = store::fleet::save_positions(&db, &ids, &lats, &lngs, &ats).await {
+                tracing::warn!(error = %e, "could not save driver positions");
+            }
+        })
+    }
+}

@@ -81,6 +81,8 @@ async fn ws(
         .max_message_size(4 * MAX_TEXT)
         .max_frame_size(4 * MAX_TEXT)
         .write_buffer_size(0)
+        // Clients send small frames; the 128 KiB default would cost that much per socket.
+        .read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| {
             tasks.track_future(crate::realtime::session::run(hub, socket, peer))
         })

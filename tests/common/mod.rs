@@ -113,15 +113,7 @@ impl TestHub {
             .await;
         let id = v["shop"]["id"].as_str().unwrap().to_owned();
         let code = v["login_code"].as_str().unwrap().to_owned();
-        let t = self
-            .ok(
-                "POST",
-                "/api/auth/login",
-                None,
-                Some(json!({"role": "vendor", "account_id": id, "code": code})),
-            )
-            .await;
-        let token = t["token"].as_str().unwrap().to_owned();
+        let token = self.login("vendor", &id, &code).await;
         let p = self
             .ok(
                 "POST",
@@ -131,6 +123,13 @@ impl TestHub {
             )
             .await;
         (id, token, p["id"].as_str().unwrap().to_owned())
+    }
+
+    /// Logs a vendor (shop id) or driver in with a login code; returns the token.
+    pub async fn login(&self, role: &str, account_id: &str, code: &str) -> String {
+        let body = json!({"role": role, "account_id": account_id, "code": code});
+        let t = self.ok("POST", "/api/auth/login", None, Some(body)).await;
+        t["token"].as_str().unwrap().to_owned()
     }
 
     /// A driver; returns (driver_id, token).
@@ -145,15 +144,8 @@ impl TestHub {
             .await;
         let id = v["driver"]["id"].as_str().unwrap().to_owned();
         let code = v["login_code"].as_str().unwrap().to_owned();
-        let t = self
-            .ok(
-                "POST",
-                "/api/auth/login",
-                None,
-                Some(json!({"role": "driver", "account_id": id, "code": code})),
-            )
-            .await;
-        (id, t["token"].as_str().unwrap().to_owned())
+        let token = self.login("driver", &id, &code).await;
+        (id, token)
     }
 
     /// A buyer; returns (buyer_id, token).

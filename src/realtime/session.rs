@@ -35,6 +35,8 @@ const RATE: f64 = 50.0;
 const MAX_EXCESS: u32 = 50;
 /// A frame that cannot be written within this long means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing waits for the close frame to go out, and then for the peer's reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long a final order's last version is remembered (to drop late duplicates).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
@@ -154,10 +156,20 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        socket.send(Message::Close(Some(frame))),
-    )
+    let sent = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    // Wait briefly for the peer's close reply, discarding what it still sends: dropping a
+    // socket with unread input makes the kernel answer with a reset, which can destroy the
+    // close frame (and its code) before the client reads it.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
     .await;
 }
 

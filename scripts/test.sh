@@ -19,21 +19,45 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo nextest run --workspace --no-fail-fast
 
-# A hub of our own for the black-box suites: fresh database, free port.
-start_hub() { # name port
-  local db_url=${DATABASE_URL%/*}/$1
-  psql "$DATABASE_URL" -qtc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
-  DATABASE_URL=$db_url HUB_BIND=127.0.0.1:$2 HUB_ADMIN_TOKEN=suite-admin HUB_SECRET=suite-secret \
-    HUB_LOGIN_HASH_KIB=256 RUST_LOG=warn target/debug/dispatch-hub serve &
+# A hub of our own for the black-box suites: fresh database, free port. Only bash is needed
+# here (no psql, curl or python), so the suite runs wherever the hub builds.
+SUITE_DBS=()
+start_hub() { # name port — the hub creates its (fresh, per-run) database itself
+  local name="$1_$$"
+  SUITE_DBS+=("$name")
+  DATABASE_URL=${DATABASE_URL%/*}/$name HUB_BIND=127.0.0.1:$2 HUB_ADMIN_TOKEN=suite-admin \
+    HUB_SECRET=suite-secret HUB_LOGIN_HASH_KIB=256 RUST_LOG=warn target/debug/dispatch-hub serve &
   HUB_PID=$!
   for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return 0
+    ready "$2" && return 0
     sleep 0.2
   done
   echo "hub did not start" >&2; return 1
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cleanup() { [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null || true; }
+ready() { # port: GET /readyz answers 200
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    read -r line <&3 || exit 1
+    [[ $line == *" 200 "* ]]
+  ) 2>/dev/null
+}
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+cleanup() {
+  [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null && wait "$HUB_PID" 2>/dev/null
+  if command -v psql >/dev/null 2>&1; then # best effort: leave no suite databases behind
+    for db in "${SUITE_DBS[@]}"; do
+      psql "$DATABASE_URL" -qtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+  fi
+  return 0
+}
 trap cleanup EXIT
 
 echo "== load-test smoke run"

@@ -47,6 +47,14 @@ pub fn build_hub(config: Arc<Config>, db: PgPool) -> (Arc<Hub>, dispatch::Receiv
 pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
     store::MIGRATOR.run(&db).await?;
     let metrics = metrics_handle();
+    let mut config = config;
+    if config.secret.is_none() {
+        tracing::warn!(
+            "HUB_SECRET is not set: using a generated secret stored in the database; set HUB_SECRET so that a database dump alone cannot reveal OTPs"
+        );
+        let fresh = crate::service::auth::new_token().0;
+        config.secret = Some(store::accounts::secret_or_create(&db, "otp", &fresh).await?);
+    }
     let config = Arc::new(config);
     let (hub, receivers) = build_hub(config.clone(), db);
     let dispatcher = dispatch::spawn(receivers);

@@ -684,3 +684,35 @@ async fn delivery_records_the_drivers_commission(db: PgPool) {
     assert_eq!(ev["events"][3]["kind"], "assigned");
     assert!(ev["events"][3]["payload"]["distance_m"].as_i64().unwrap() > 0);
 }
+
+#[sqlx::test]
+async fn without_hub_secret_otps_survive_a_restart(db: PgPool) {
+    let mut cfg = common::config();
+    cfg.secret = None;
+    let mut hub = TestHub::start_with(db.clone(), cfg.clone()).await;
+    let (shop, _, product) = hub.shop(11.0, 11.0).await;
+    let (_, buyer) = hub.buyer().await;
+    let body = json!({"shop_id": shop, "items": [{"product_id": product, "quantity": 1}],
+                      "delivery": {"lat": 11.0, "lng": 11.0, "address": "D 4"}, "payment": "cod"});
+    let place = |hub: &TestHub| {
+        hub.http
+            .post(format!("{}/api/orders", hub.base))
+            .bearer_auth(&buyer)
+            .header("idempotency-key", "restart-key")
+            .json(&body)
+            .send()
+    };
+    let first: Value = place(&hub).await.unwrap().json().await.unwrap();
+    hub.stop().await; // closes its pool: the next hub gets a new one on the same database
+    let opts = (*db.connect_options()).clone();
+    let db2 = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(opts)
+        .await
+        .unwrap();
+    let hub = TestHub::start_with(db2, cfg).await;
+    let r = place(&hub).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["order"]["id"], first["order"]["id"]);
+    assert_eq!(again["otp"], first["otp"], "the generated secret was kept");
+}

@@ -1,15 +1,12 @@
 //! Who is calling: login codes (Argon2id), bearer tokens (256-bit random, stored as SHA-256),
 //! buyer sign-up, OTPs, and the failed-login limiter.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use rand::{Rng, RngCore, rngs::OsRng};
 use serde::{Deserialize, Serialize};
@@ -22,9 +19,6 @@ use crate::domain::{Actor, OrderId, Role};
 use crate::error::{Error, Result};
 use crate::store::accounts;
 
-/// Failed logins allowed per account and per client address in one window.
-pub const MAX_FAILURES: usize = 5;
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Wrong OTPs allowed before an order's OTP locks.
 pub const MAX_OTP_ATTEMPTS: i32 = 5;
 
@@ -42,9 +36,9 @@ impl Secrets {
         let otp_key = match secret {
             Some(s) => Sha256::digest(format!("dispatch-hub otp key\0{s}").as_bytes()).into(),
             None => {
-                tracing::warn!(
-                    "HUB_SECRET is not set: OTPs of orders placed before a restart cannot be re-issued on idempotent retries"
-                );
+                // Only reached when the hub is built without `app::start` (which always
+                // resolves a secret): OTPs then last as long as this process.
+                tracing::warn!("no server secret: OTPs will not verify after a restart");
                 let mut k = [0u8; 32];
                 OsRng.fill_bytes(&mut k);
                 k
@@ -133,7 +127,8 @@ pub fn is_code(s: &str) -> bool {
 /// The key of a client address for the limiter: IPv6 clients by their /64, since one host
 /// usually owns a whole /64.
 fn ip_key(ip: IpAddr) -> String {
-    match ip {
+    // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
+    match ip.to_canonical() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -174,85 +169,6 @@ pub async fn verify_code(hash: String, code: String) -> Result<bool> {
 /// these costs; Argon2 is the second line should the secret leak too.
 pub fn otp_params() -> Params {
     Params::new(256, 1, 1, None).unwrap_or_else(|_| Params::default())
-}
-
-/// Counts failed logins per key (an account or a client address) in a sliding window.
-///
-/// An attempt is counted *before* the code is checked and refunded if it was right, so that
-/// many concurrent guesses cannot all slip through between the check and the count.
-#[derive(Default)]
-pub struct LoginLimiter {
-    failures: DashMap<String, VecDeque<Instant>>,
-}
-
-/// Above this many keys, expired ones are swept on the next attempt.
-const SWEEP_ABOVE: usize = 10_000;
-
-impl LoginLimiter {
-    /// Refuses with `RateLimited` when the account or the address has used up its failures;
-    /// otherwise counts an attempt against the account right away (so concurrent guesses at
-    /// one account cannot all slip through) and returns it. The address is charged only when
-    /// the attempt fails, so many users behind one address can log in at once.
-    pub fn begin(&self, account: String, address: String) -> Result<Attempt> {
-        let now = Instant::now();
-        if self.failures.len() > SWEEP_ABOVE {
-            self.failures.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) <= FAILURE_WINDOW)
-            });
-        }
-        if let Some(mut q) = self.failures.get_mut(&address) {
-            Self::expire(&mut q, now);
-            if q.len() >= MAX_FAILURES {
-                return Err(Self::limited(&q, now));
-            }
-        }
-        let mut q = self.failures.entry(account.clone()).or_default();
-        Self::expire(&mut q, now);
-        if q.len() >= MAX_FAILURES {
-            return Err(Self::limited(&q, now));
-        }
-        q.push_back(now);
-        Ok(Attempt { account, address })
-    }
-
-    fn expire(q: &mut VecDeque<Instant>, now: Instant) {
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
-        {
-            q.pop_front();
-        }
-    }
-
-    fn limited(q: &VecDeque<Instant>, now: Instant) -> Error {
-        let oldest = q.front().copied().unwrap_or(now);
-        let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(oldest));
-        Error::RateLimited {
-            retry_after_s: wait.as_secs().max(1),
-        }
-    }
-
-    /// The code was right: the account's attempt is taken back.
-    pub fn succeeded(&self, a: Attempt) {
-        if let Some(mut q) = self.failures.get_mut(&a.account) {
-            q.pop_back();
-        }
-    }
-
-    /// The code was wrong: the address is charged too.
-    pub fn failed(&self, a: Attempt) {
-        self.failures
-            .entry(a.address)
-            .or_default()
-            .push_back(Instant::now());
-    }
-}
-
-/// A counted login attempt.
-pub struct Attempt {
-    account: String,
-    address: String,
 }
 
 /// Argon2id verifications of login codes running at once (each uses `HUB_LOGIN_HASH_KIB`).
@@ -316,6 +232,7 @@ impl Hub {
             format!("account:{}", req.account_id),
             format!("ip:{}", ip_key(client)),
         )?;
+        // From here on, leaving early (an error, or the client hanging up) counts as a failure.
         let stored = accounts::login_code_hash(&self.db, req.role, req.account_id).await?;
         // Unknown accounts and malformed codes cost one verification too, so that timing does
         // not tell which accounts exist.
@@ -326,10 +243,9 @@ impl Hub {
             verify_code(hash, req.code).await?
         };
         if !(ok && known) {
-            self.limiter.failed(attempt);
             return Err(Error::Unauthorized("unknown account or wrong code".into()));
         }
-        self.limiter.succeeded(attempt);
+        attempt.succeeded();
         self.issue_token(req.role, req.account_id).await
     }
 

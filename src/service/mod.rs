@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod limiter;
 pub mod orders;
 pub mod views;
 
@@ -48,7 +49,7 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     pub dispatch: DispatchHandle,
     pub secrets: auth::Secrets,
-    pub limiter: auth::LoginLimiter,
+    pub limiter: limiter::LoginLimiter,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
     /// Socket sessions and background tasks, awaited on shutdown.
@@ -77,7 +78,7 @@ impl Hub {
             registry,
             dispatch,
             secrets,
-            limiter: auth::LoginLimiter::default(),
+            limiter: limiter::LoginLimiter::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),

@@ -184,3 +184,18 @@ pub async fn revoke_session(db: &PgPool, token_hash: &str) -> sqlx::Result<()> {
     .await?;
     Ok(())
 }
+
+/// The stored secret `name`, created with `fresh` on first use (first writer wins).
+pub async fn secret_or_create(db: &PgPool, name: &str, fresh: &str) -> sqlx::Result<String> {
+    sqlx::query(
+        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(fresh)
+    .execute(db)
+    .await?;
+    sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_one(db)
+        .await
+}

@@ -30,8 +30,9 @@ if [ ! -x "$CHROMIUM_PATH" ]; then
   if [ "$CHROMIUM_PATH" = /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
     echo "run.sh: installing chromium" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq chromium >/dev/null
+    as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -E "$@"; fi; }
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq chromium >/dev/null
   else
     echo "run.sh: no browser at $CHROMIUM_PATH" >&2
     exit 2

@@ -58,7 +58,7 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
     let config = Arc::new(config);
     let (hub, receivers) = build_hub(config.clone(), db);
     let dispatcher = dispatch::spawn(receivers);
-    hub.dispatch.start(hub.clone());
+    hub.dispatch.start(hub.clone()).await;
     dispatch::sweeper::spawn(hub.clone());
 
     let socket = if config.bind.is_ipv4() {

@@ -176,12 +176,7 @@ impl State {
         let n = ready.len();
         for r in ready {
             if let Ok(shop) = GeoPoint::new(r.shop_lat, r.shop_lng) {
-                let version =
-                    sqlx::query_scalar::<_, i32>("SELECT version FROM orders WHERE id = $1")
-                        .bind(r.id)
-                        .fetch_one(&db)
-                        .await?;
-                self.enqueue(OrderId(r.id), version, shop);
+                self.enqueue(OrderId(r.id), r.version, shop);
             }
         }
         tracing::info!(
@@ -479,7 +474,7 @@ impl State {
             };
             metrics::histogram!("hub_dispatch_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
-            hub.dispatch.assigned(order, driver, result);
+            hub.dispatch.assigned(order, driver, result).await;
         });
     }
 

@@ -76,29 +76,33 @@ pub(crate) enum AssignFailure {
 
 pub(crate) struct Location(DriverId, GeoPoint);
 
-/// The sending side of the dispatcher. Control messages are never dropped; locations are
-/// lossy under overload (the next one a driver sends supersedes it anyway).
+/// Control messages queued for the dispatcher at most; senders wait (backpressure) beyond it.
+const CONTROL_QUEUE: usize = 65_536;
+
+/// The sending side of the dispatcher. Control messages are never dropped (a sender waits when
+/// the queue is full; the actor itself never sends to it, so it cannot wait on itself);
+/// locations are lossy under overload (the next one a driver sends supersedes it anyway).
 #[derive(Clone)]
 pub struct DispatchHandle {
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
     locations: mpsc::Sender<Location>,
 }
 
 impl DispatchHandle {
-    pub fn order_changed(&self, c: OrderChanged) {
-        let _ = self.control.send(Control::Order(c));
+    pub async fn order_changed(&self, c: OrderChanged) {
+        let _ = self.control.send(Control::Order(c)).await;
     }
 
-    pub fn driver_connected(&self, d: DriverId, conn: ConnId) {
-        let _ = self.control.send(Control::Connected(d, conn));
+    pub async fn driver_connected(&self, d: DriverId, conn: ConnId) {
+        let _ = self.control.send(Control::Connected(d, conn)).await;
     }
 
-    pub fn driver_disconnected(&self, d: DriverId, conn: ConnId) {
-        let _ = self.control.send(Control::Disconnected(d, conn));
+    pub async fn driver_disconnected(&self, d: DriverId, conn: ConnId) {
+        let _ = self.control.send(Control::Disconnected(d, conn)).await;
     }
 
-    pub fn driver_availability(&self, d: DriverId, available: bool) {
-        let _ = self.control.send(Control::Availability(d, available));
+    pub async fn driver_availability(&self, d: DriverId, available: bool) {
+        let _ = self.control.send(Control::Availability(d, available)).await;
     }
 
     /// Returns false when the location was dropped because the dispatcher is overloaded.
@@ -106,43 +110,47 @@ impl DispatchHandle {
         self.locations.try_send(Location(d, at)).is_ok()
     }
 
-    pub(crate) fn loss_handled(&self, driver: DriverId, order: OrderId, ok: bool) {
+    pub(crate) async fn loss_handled(&self, driver: DriverId, order: OrderId, ok: bool) {
         let _ = self
             .control
-            .send(Control::LossHandled { driver, order, ok });
+            .send(Control::LossHandled { driver, order, ok })
+            .await;
     }
 
-    pub(crate) fn assigned(
+    pub(crate) async fn assigned(
         &self,
         order: OrderId,
         driver: DriverId,
         result: Result<(), AssignFailure>,
     ) {
-        let _ = self.control.send(Control::Assigned {
-            order,
-            driver,
-            result,
-        });
+        let _ = self
+            .control
+            .send(Control::Assigned {
+                order,
+                driver,
+                result,
+            })
+            .await;
     }
 
     /// Every known driver's state, for the `fleet` snapshot.
     pub async fn fleet(&self) -> Vec<DriverState> {
         let (tx, rx) = oneshot::channel();
-        if self.control.send(Control::Fleet(tx)).is_err() {
+        if self.control.send(Control::Fleet(tx)).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
     }
 
     /// Hands the dispatcher the hub it works for; it then rebuilds its state from Postgres.
-    pub fn start(&self, hub: Arc<Hub>) {
-        let _ = self.control.send(Control::Start(hub));
+    pub async fn start(&self, hub: Arc<Hub>) {
+        let _ = self.control.send(Control::Start(hub)).await;
     }
 }
 
 /// Creates the channels; [`spawn`] runs the actor on the receiving ends.
 pub fn channel() -> (DispatchHandle, Receivers) {
-    let (control, control_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (locations, locations_rx) = mpsc::channel(65_536);
     (
         DispatchHandle { control, locations },
@@ -154,6 +162,6 @@ pub fn channel() -> (DispatchHandle, Receivers) {
 }
 
 pub struct Receivers {
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::Receiver<Control>,
     locations: mpsc::Receiver<Location>,
 }

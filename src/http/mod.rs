@@ -58,7 +58,7 @@ pub fn router(
 }
 
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
-    match sqlx::query("SELECT 1").execute(&hub.db).await {
+    match crate::store::ping(&hub.db).await {
         Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(_) => Error::Unavailable.into_response(),
     }

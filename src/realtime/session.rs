@@ -98,7 +98,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         .then(|| actor.id.map(DriverId))
         .flatten();
     if let Some(d) = driver {
-        hub.dispatch.driver_connected(d, s.conn);
+        hub.dispatch.driver_connected(d, s.conn).await;
     }
     tracing::debug!(conn = s.conn, %peer, role = actor.role.as_str(), "socket authenticated");
     let exit = s.run_loop(&mut socket, rx).await;
@@ -106,7 +106,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         hub.registry.unsubscribe(t, s.conn);
     }
     if let Some(d) = driver {
-        hub.dispatch.driver_disconnected(d, s.conn);
+        hub.dispatch.driver_disconnected(d, s.conn).await;
     }
     if let Some((code, reason)) = exit {
         close_with(&mut socket, code, reason).await;
@@ -208,7 +208,7 @@ impl Session {
                             if let Some(exit) = self.limit(socket).await {
                                 return exit;
                             }
-                            if self.tokens_left() && let Err(exit) = self.handle(socket, &t).await {
+                            if self.within_limit() && let Err(exit) = self.handle(socket, &t).await {
                                 return exit.or_else(|| self.failed_send_exit());
                             }
                         }
@@ -315,7 +315,8 @@ impl Session {
         None
     }
 
-    fn tokens_left(&self) -> bool {
+    /// False while the client is over the rate limit: its messages are dropped unanswered.
+    fn within_limit(&self) -> bool {
         self.excess == 0
     }
 
@@ -393,7 +394,7 @@ impl Session {
             }
             ClientMsg::Availability { available } => match self.driver() {
                 Some(d) => {
-                    self.hub.dispatch.driver_availability(d, available);
+                    self.hub.dispatch.driver_availability(d, available).await;
                     json!({"type": "availability", "available": available}).to_string()
                 }
                 None => error_frame(&Value::Null, "forbidden", "only drivers set availability"),

@@ -73,10 +73,6 @@ impl Secrets {
         }
     }
 
-    pub fn admin_enabled(&self) -> bool {
-        self.admin_token_sha.is_some()
-    }
-
     /// What is hashed for an OTP: the code keyed by the server secret, so that a stolen
     /// database alone cannot be brute-forced over the 10⁶ possible codes.
     pub fn otp_material(&self, otp: &str) -> String {

@@ -388,15 +388,17 @@ impl Hub {
         let extra = previous_driver.filter(|d| Some(*d) != o.driver_id);
         self.registry.publish_order(o, ev, extra);
         metrics::counter!("hub_transitions_total", "kind" => ev.kind.as_str()).increment(1);
-        self.dispatch.order_changed(OrderChanged {
-            id: o.id,
-            version: o.version,
-            shop_id: o.shop_id,
-            status: o.status,
-            kind: ev.kind,
-            driver_id: o.driver_id,
-            previous_driver,
-            shop_pos,
-        });
+        self.dispatch
+            .order_changed(OrderChanged {
+                id: o.id,
+                version: o.version,
+                shop_id: o.shop_id,
+                status: o.status,
+                kind: ev.kind,
+                driver_id: o.driver_id,
+                previous_driver,
+                shop_pos,
+            })
+            .await;
     }
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReadyOrder {
     pub id: Uuid,
+    pub version: i32,
     pub shop_lat: f64,
     pub shop_lng: f64,
     pub ready_at: Option<DateTime<Utc>>,
@@ -16,7 +17,7 @@ pub struct ReadyOrder {
 /// Orders waiting for a driver, oldest ready first.
 pub async fn ready_orders(db: &PgPool) -> sqlx::Result<Vec<ReadyOrder>> {
     sqlx::query_as(
-        "SELECT o.id, s.lat AS shop_lat, s.lng AS shop_lng, o.ready_at
+        "SELECT o.id, o.version, s.lat AS shop_lat, s.lng AS shop_lng, o.ready_at
          FROM orders o JOIN shops s ON s.id = o.shop_id
          WHERE o.status = 'ready' ORDER BY o.ready_at NULLS FIRST, o.id",
     )
@@ -50,13 +51,6 @@ pub async fn declines(db: &PgPool) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
 pub async fn drivers(db: &PgPool) -> sqlx::Result<Vec<(Uuid, Option<f64>, Option<f64>)>> {
     sqlx::query_as("SELECT id, last_lat, last_lng FROM drivers")
         .fetch_all(db)
-        .await
-}
-
-pub async fn driver_exists(db: &PgPool, id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM drivers WHERE id = $1)")
-        .bind(id)
-        .fetch_one(db)
         .await
 }
 

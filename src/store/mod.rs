@@ -46,6 +46,11 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Answers when Postgres does (for `/readyz`).
+pub async fn ping(db: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(db).await.map(|_| ())
+}
+
 /// True when the error is a unique violation of the named constraint or index.
 pub fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
     match e {

@@ -83,7 +83,7 @@ impl State {
                 match hub.shop_position(c.shop_id).await {
                     Ok(Some(p)) => {
                         c.shop_pos = Some(p);
-                        hub.dispatch.order_changed(c);
+                        hub.dispatch.order_changed(c).await;
                         return;
                     }
                     Ok(None) => return, // shops are never deleted; nothing to dispatch from
@@ -108,14 +108,14 @@ impl State {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(error = %e, %order, "could not read order of a lost driver");
-                    hub.dispatch.loss_handled(driver, order, false);
+                    hub.dispatch.loss_handled(driver, order, false).await;
                     return;
                 }
             };
             let action = match (current.status, current.driver_id == Some(driver)) {
                 (OrderStatus::Assigned, true) => Action::Unassign,
                 (OrderStatus::PickedUp, true) => Action::ReportDriverLost,
-                _ => return hub.dispatch.loss_handled(driver, order, true),
+                _ => return hub.dispatch.loss_handled(driver, order, true).await,
             };
             let req = TransitionRequest {
                 action,
@@ -133,7 +133,7 @@ impl State {
                     false
                 }
             };
-            hub.dispatch.loss_handled(driver, order, ok);
+            hub.dispatch.loss_handled(driver, order, ok).await;
         });
     }
 

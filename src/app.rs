@@ -60,6 +60,7 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
     let dispatcher = dispatch::spawn(receivers);
     hub.dispatch.start(hub.clone()).await;
     dispatch::sweeper::spawn(hub.clone());
+    crate::service::auth::spawn_session_sweeper(hub.clone());
 
     let socket = if config.bind.is_ipv4() {
         TcpSocket::new_v4()?

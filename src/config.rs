@@ -30,7 +30,9 @@ pub struct Config {
     pub admin_token: Option<String>,
 
     /// Server secret from which order OTPs are derived (so that an idempotent retry can return
-    /// the same OTP while the database holds only its hash). Random per process when unset.
+    /// the same OTP while the database holds only its hash). When unset, a secret is generated
+    /// once and kept in the database: OTPs survive restarts, but a database dump then reveals
+    /// them. Set it in production.
     #[arg(long, env = "HUB_SECRET", global = true, hide_env_values = true)]
     pub secret: Option<String>,
 
@@ -125,6 +127,75 @@ pub struct Config {
     )]
     pub login_hash_kib: u32,
 
+    /// Login codes expire this many days after they are issued (admins rotate them).
+    #[arg(
+        long,
+        env = "HUB_LOGIN_CODE_TTL_D",
+        global = true,
+        default_value_t = 90
+    )]
+    pub login_code_ttl_d: u32,
+
+    /// Failed logins per account per 24 h from addresses not trusted for it (see
+    /// docs/security.md for the arithmetic behind the default).
+    #[arg(
+        long,
+        env = "HUB_LOGIN_ACCOUNT_BUDGET",
+        global = true,
+        default_value_t = 200
+    )]
+    pub login_account_budget: u32,
+
+    /// Failed logins per client address per 15 min, across accounts.
+    #[arg(
+        long,
+        env = "HUB_LOGIN_ADDRESS_FAILURES",
+        global = true,
+        default_value_t = 100
+    )]
+    pub login_address_failures: u32,
+
+    /// Threads that hash and verify login codes (each holds `HUB_LOGIN_HASH_KIB` while busy).
+    #[arg(long, env = "HUB_HASH_WORKERS", global = true, default_value_t = 2)]
+    pub hash_workers: usize,
+
+    /// Hashing jobs that may wait for a worker; beyond them callers get 503 `busy`.
+    #[arg(long, env = "HUB_HASH_QUEUE", global = true, default_value_t = 64)]
+    pub hash_queue: usize,
+
+    /// Buyer sign-ups per client address per hour (the admin token is exempt).
+    #[arg(
+        long,
+        env = "HUB_SIGNUPS_PER_ADDRESS_H",
+        global = true,
+        default_value_t = 20
+    )]
+    pub signups_per_address_h: u32,
+
+    /// Most sockets open at once; 0 = the open-file limit minus 1,000 (for the database pool,
+    /// files and headroom). Upgrades beyond it get 503 `too_many_connections`.
+    #[arg(long, env = "HUB_MAX_CONNECTIONS", global = true, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most sockets that have not authenticated yet; upgrades beyond it get 503.
+    #[arg(
+        long,
+        env = "HUB_MAX_UNAUTHENTICATED",
+        global = true,
+        default_value_t = 1024
+    )]
+    pub max_unauthenticated: usize,
+
+    /// Most sockets per vendor, driver or buyer account (the admin token is exempt); the next
+    /// one is closed with 4409.
+    #[arg(
+        long,
+        env = "HUB_MAX_SOCKETS_PER_ACCOUNT",
+        global = true,
+        default_value_t = 16
+    )]
+    pub max_sockets_per_account: usize,
+
     /// Folder of the web demo served at `/`.
     #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
     pub web_dir: PathBuf,
@@ -143,6 +214,17 @@ impl Config {
             config: Config,
         }
         <Wrapper as clap::Parser>::parse_from(["dispatch-hub"]).config
+    }
+
+    /// The socket cap in force: `max_connections`, or the open-file limit minus 1,000.
+    pub fn effective_max_connections(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
+        (soft as usize).saturating_sub(1_000).max(64)
     }
 
     /// Commission for a delivered order of `total_cents`, rounded down.

@@ -39,6 +39,12 @@ pub enum Error {
     RateLimited { retry_after_s: u64 },
     #[error("the database is unavailable")]
     Unavailable,
+    #[error("the hub is busy; retry in {retry_after_s} s")]
+    Busy { retry_after_s: u64 },
+    #[error("the hub holds as many sockets as it may; retry later")]
+    TooManyConnections,
+    #[error("this login code has expired; ask an admin for a new one")]
+    LoginCodeExpired,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -61,6 +67,9 @@ impl Error {
             Error::OtpLocked => "otp_locked",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable => "unavailable",
+            Error::Busy { .. } => "busy",
+            Error::TooManyConnections => "too_many_connections",
+            Error::LoginCodeExpired => "login_code_expired",
             Error::Internal(_) => "internal",
         }
     }
@@ -78,7 +87,10 @@ impl Error {
             Error::Validation(_) | Error::InvalidOtp { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::OtpLocked => StatusCode::LOCKED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable | Error::Busy { .. } | Error::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::LoginCodeExpired => StatusCode::UNAUTHORIZED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,12 +109,25 @@ impl Error {
             Error::InvalidOtp { attempts_left } => {
                 m.insert("attempts_left".into(), (*attempts_left).into());
             }
-            Error::RateLimited { retry_after_s } => {
-                m.insert("retry_after_s".into(), (*retry_after_s).into());
+            Error::RateLimited { .. }
+            | Error::Busy { .. }
+            | Error::Unavailable
+            | Error::TooManyConnections => {
+                m.insert("retry_after_s".into(), self.retry_after_s().into());
             }
             _ => {}
         }
         m
+    }
+
+    /// Seconds a client should wait before retrying, for the errors that invite a retry.
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            Error::RateLimited { retry_after_s } | Error::Busy { retry_after_s } => *retry_after_s,
+            Error::Unavailable => 1,
+            Error::TooManyConnections => 5,
+            _ => 0,
+        }
     }
 
     pub fn validation(msg: impl Into<String>) -> Self {

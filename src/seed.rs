@@ -55,7 +55,7 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
     let _ = writeln!(out, "Vendors (log in with the shop id and code):");
     for (name, lat, lng, address, products) in SHOPS {
         let (id, code) = match accounts::find_shop_by_name(&hub.db, name).await? {
-            Some(s) => (s.id, hub.rotate_login_code(Role::Vendor, s.id).await?),
+            Some(s) => (s.id, hub.rotate_login_code(Role::Vendor, s.id).await?.0),
             None => {
                 let req = NewShopRequest {
                     name: (*name).into(),
@@ -82,7 +82,7 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
     let _ = writeln!(out, "\nDrivers (log in with the driver id and code):");
     for (name, lat, lng) in DRIVERS {
         let (id, code) = match accounts::find_driver_by_name(&hub.db, name).await? {
-            Some(d) => (d.id, hub.rotate_login_code(Role::Driver, d.id).await?),
+            Some(d) => (d.id, hub.rotate_login_code(Role::Driver, d.id).await?.0),
             None => {
                 let req = NewDriverRequest {
                     name: (*name).into(),

@@ -99,7 +99,7 @@ async fn login_codes_are_stored_hashed_and_tokens_work(db: PgPool) {
         )
         .await;
     let code = v["login_code"].as_str().unwrap();
-    assert_eq!(code.len(), 6);
+    assert_eq!(code.len(), 8);
     let stored: String = sqlx::query_scalar("SELECT login_code_hash FROM drivers")
         .fetch_one(&db)
         .await

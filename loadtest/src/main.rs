@@ -178,14 +178,20 @@ async fn run(args: Args) -> Result<ExitCode> {
     };
     let setup_started = Instant::now();
     let (shops, drivers, buyers) = if args.connections_only {
-        (Vec::new(), Vec::new(), setup.buyers(args.sockets).await?)
+        (
+            Vec::new(),
+            Vec::new(),
+            setup
+                .buyers(args.admin_token.as_deref(), args.sockets)
+                .await?,
+        )
     } else {
         let admin = args.admin_token.as_deref().unwrap_or_default();
         let shops = setup
             .shops(admin, args.shops, args.products_per_shop, args.bbox)
             .await?;
         let drivers = setup.drivers(admin, args.drivers).await?;
-        let buyers = setup.buyers(args.buyers).await?;
+        let buyers = setup.buyers(Some(admin), args.buyers).await?;
         (shops, drivers, buyers)
     };
     if !args.quiet {

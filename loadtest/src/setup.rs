@@ -357,14 +357,15 @@ impl Setup<'_> {
         .await
     }
 
-    /// Sign up `n` buyers (`POST /api/buyers` returns the token directly).
-    pub async fn buyers(&self, n: usize) -> Result<Vec<Acct>> {
+    /// Sign up `n` buyers (`POST /api/buyers` returns the token directly). With the admin
+    /// token the hub's per-address sign-up limit does not apply.
+    pub async fn buyers(&self, admin: Option<&str>, n: usize) -> Result<Vec<Acct>> {
         let (rest, tag) = (self.rest, self.tag.as_str());
         bounded("buyers", n, self.concurrency, &self.pb, |i| async move {
             let body = json!({"name": format!("Loadtest buyer {tag}-{i}"),
                               "phone": format!("+49 30 {i:07}")});
             let (_, b): (_, CreatedBuyer) =
-                retry(|| rest.post("/api/buyers", None, &body, None)).await?;
+                retry(|| rest.post("/api/buyers", admin, &body, None)).await?;
             Ok(Acct {
                 id: b.buyer.id,
                 token: b.token,

@@ -1,4 +1,5 @@
-//! Admin creation of shops and drivers, login, logout, buyer sign-up, `me`.
+//! Admin creation of shops and drivers, code rotation and revocation, login, logout, buyer
+//! sign-up, `me`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{ApiJson, Auth, BearerToken};
+use super::extract::{ApiJson, ApiPath, Auth, BearerToken, IsAdmin};
+use crate::domain::Role;
 use crate::error::Result;
 use crate::service::Hub;
 use crate::service::auth::LoginRequest;
@@ -21,6 +23,9 @@ pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/admin/shops", post(create_shop))
         .route("/admin/drivers", post(create_driver))
+        .route("/admin/shops/{id}/login-code", post(rotate_shop_code))
+        .route("/admin/drivers/{id}/login-code", post(rotate_driver_code))
+        .route("/admin/sessions/revoke", post(revoke))
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
         .route("/buyers", post(sign_up))
@@ -51,6 +56,42 @@ async fn create_driver(
     ))
 }
 
+async fn rotate_shop_code(
+    State(hub): State<Arc<Hub>>,
+    Auth(actor): Auth,
+    ApiPath(id): ApiPath<uuid::Uuid>,
+) -> Result<impl IntoResponse> {
+    let (code, expires_at) = hub.admin_rotate_login_code(actor, Role::Vendor, id).await?;
+    Ok(Json(json!({"login_code": code, "expires_at": expires_at})))
+}
+
+async fn rotate_driver_code(
+    State(hub): State<Arc<Hub>>,
+    Auth(actor): Auth,
+    ApiPath(id): ApiPath<uuid::Uuid>,
+) -> Result<impl IntoResponse> {
+    let (code, expires_at) = hub.admin_rotate_login_code(actor, Role::Driver, id).await?;
+    Ok(Json(json!({"login_code": code, "expires_at": expires_at})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    role: Role,
+    subject_id: uuid::Uuid,
+}
+
+async fn revoke(
+    State(hub): State<Arc<Hub>>,
+    Auth(actor): Auth,
+    ApiJson(req): ApiJson<Revoke>,
+) -> Result<impl IntoResponse> {
+    let (sessions, sockets) = hub.revoke_account(actor, req.role, req.subject_id).await?;
+    Ok(Json(
+        json!({"sessions_revoked": sessions, "sockets_closed": sockets}),
+    ))
+}
+
 async fn login(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,7 +104,6 @@ async fn logout(
     State(hub): State<Arc<Hub>>,
     BearerToken(token): BearerToken,
 ) -> Result<StatusCode> {
-    hub.authenticate(&token).await?;
     hub.logout(&token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -77,9 +117,13 @@ struct SignUp {
 
 async fn sign_up(
     State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    IsAdmin(by_admin): IsAdmin,
     ApiJson(req): ApiJson<SignUp>,
 ) -> Result<impl IntoResponse> {
-    let (buyer, t) = hub.sign_up_buyer(&req.name, &req.phone).await?;
+    let (buyer, t) = hub
+        .sign_up_buyer(&req.name, &req.phone, peer.ip(), by_admin)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -20,7 +20,8 @@ impl IntoResponse for Error {
             body.insert("message".into(), "internal error".into());
         }
         let mut resp = (status, Json(serde_json::json!({ "error": body }))).into_response();
-        if let Error::RateLimited { retry_after_s } = self
+        let retry_after_s = self.retry_after_s();
+        if retry_after_s > 0
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

@@ -59,3 +59,17 @@ impl FromRequestParts<Arc<Hub>> for Auth {
         Ok(Auth(hub.authenticate(&token).await?))
     }
 }
+
+/// Whether the request carries the admin token (no database lookup; anything else is `false`).
+pub struct IsAdmin(pub bool);
+
+impl FromRequestParts<Arc<Hub>> for IsAdmin {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, Error> {
+        let admin = match BearerToken::from_request_parts(parts, hub).await {
+            Ok(BearerToken(t)) => hub.secrets.is_admin_token(&t),
+            Err(_) => false,
+        };
+        Ok(IsAdmin(admin))
+    }
+}

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -73,8 +72,13 @@ async fn ws(
         return Error::BadRequest("expected a WebSocket upgrade".into()).into_response();
     };
     if hub.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        return Error::Unavailable.into_response();
     }
+    // Caps are checked before the upgrade: a refused client gets a 503 with the error body.
+    let admission = match hub.conns.admit() {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let tasks = hub.tasks.clone();
     upgrade
         // Frames between 16 KiB and this hard cap are refused with close 1009 by the session.
@@ -84,6 +88,6 @@ async fn ws(
         // Clients send small frames; the 128 KiB default would cost that much per socket.
         .read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| {
-            tasks.track_future(crate::realtime::session::run(hub, socket, peer))
+            tasks.track_future(crate::realtime::session::run(hub, socket, peer, admission))
         })
 }

@@ -5,6 +5,7 @@
 //! subscriber; publishing never awaits a socket (each connection has a bounded queue, and a
 //! connection whose queue is full is closed with 4408 instead of slowing anyone down).
 
+pub mod conns;
 pub mod protocol;
 pub mod registry;
 pub mod session;

@@ -16,6 +16,7 @@ pub mod close {
     pub const IDLE: u16 = 4000;
     pub const UNAUTHORIZED: u16 = 4401;
     pub const TOO_SLOW: u16 = 4408;
+    pub const TOO_MANY_SOCKETS: u16 = 4409;
     pub const FLOODING: u16 = 4429;
 }
 

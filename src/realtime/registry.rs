@@ -29,10 +29,12 @@ pub enum Outbound {
     Text(Utf8Bytes),
 }
 
-/// One connection's end of the fan-out.
+/// One connection's end of the fan-out. Every message carries the topic it was published on,
+/// so that the session can drop what belongs to a topic it has not been granted (a refused
+/// subscription never delivers a message of its topic, even one queued during the check).
 #[derive(Debug, Clone)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: mpsc::Sender<(Topic, Outbound)>,
     /// Cancelled when the queue overflowed; the session then closes with 4408.
     pub lagged: CancellationToken,
     /// Set for driver sessions: an `order:` topic reaches a driver only while the order is
@@ -102,7 +104,7 @@ impl Registry {
         };
         let mut delivered = 0;
         for sub in subs.values().filter(|s| keep(s)) {
-            match sub.tx.try_send(msg.clone()) {
+            match sub.tx.try_send((topic, msg.clone())) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !sub.lagged.is_cancelled() {

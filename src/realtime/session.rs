@@ -7,6 +7,15 @@
 //! has carried per order) drops those the snapshot already covered, and also duplicates from
 //! overlapping topics. Because the queue is only drained by this loop, nothing of the new topic
 //! can overtake its snapshot.
+//!
+//! All-or-nothing subscriptions: every queued message carries the topic it was published on,
+//! and the loop forwards it only if this socket has been *granted* that topic. A subscription
+//! is granted only after the snapshot read has authorized it, so a refused subscriber never
+//! sees a message of the topic, not even one committed during the check.
+//!
+//! Revocation: the socket's token is registered with [`super::conns::Connections`]; logout, a code rotation
+//! or an admin's revoke cancels it, and the loop (which watches it before anything else)
+//! closes with 4401 without running another command.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,12 +27,14 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::conns::Admission;
 use super::protocol::{ClientMsg, MAX_TEXT, clean_ref, close, error_frame, error_from};
 use super::registry::{ConnId, Outbound, Subscriber};
 use super::topic::Topic;
 use crate::domain::{Actor, DriverId, GeoPoint, OrderId, Role};
 use crate::error::Error;
 use crate::service::Hub;
+use crate::service::auth::SessionInfo;
 use crate::service::orders::{TransitionRequest, visible};
 use crate::service::views::OrderView;
 use crate::store::orders::{self as store, Scope};
@@ -48,7 +59,12 @@ struct Session {
     actor: Actor,
     conn: ConnId,
     sub: Subscriber,
+    /// Topics granted to this socket: only their messages are forwarded.
     topics: HashSet<Topic>,
+    /// Cancelled when the token is revoked (never, for the admin token).
+    revoked: CancellationToken,
+    /// When the token expires (none for the admin token).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Newest version sent per order on this socket; for final orders also when it became
     /// final, so the entry can be dropped once no late copy can arrive any more.
     sent: HashMap<OrderId, (i32, Option<Instant>)>,
@@ -57,28 +73,69 @@ struct Session {
     excess: u32,
 }
 
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr, mut admission: Admission) {
     metrics::gauge!("hub_connections").increment(1.0);
-    let actor = match handshake(&hub, &mut socket).await {
+    let exit = authenticated(&hub, &mut socket, peer, &mut admission).await;
+    if let Some((code, reason)) = exit {
+        close_with(&mut socket, code, reason).await;
+    }
+    metrics::gauge!("hub_connections").decrement(1.0);
+    drop(admission);
+}
+
+/// The life of a socket after the upgrade; returns the close to send.
+async fn authenticated(
+    hub: &Arc<Hub>,
+    socket: &mut WebSocket,
+    peer: SocketAddr,
+    admission: &mut Admission,
+) -> Exit {
+    let (actor, session) = match handshake(hub, socket).await {
         Ok(a) => a,
-        Err((code, reason)) => {
-            close_with(&mut socket, code, reason).await;
-            metrics::gauge!("hub_connections").decrement(1.0);
-            return;
-        }
+        Err(exit) => return exit,
     };
+    admission.authenticated();
+    let conn = hub.registry.next_conn_id();
+    let account = actor
+        .id
+        .filter(|_| session.is_some())
+        .map(|id| (actor.role, id));
+    let revoked = match (account, &session) {
+        (Some(key), Some(s)) => match hub.conns.attach(key, conn, s.token_hash.clone()) {
+            Some(t) => t,
+            None => {
+                return Some((close::TOO_MANY_SOCKETS, "too many sockets for this account"));
+            }
+        },
+        _ => CancellationToken::new(),
+    };
+    let exit = serve(hub, socket, peer, actor, session, conn, revoked).await;
+    if let Some(key) = account {
+        hub.conns.detach(key, conn);
+    }
+    exit
+}
+
+async fn serve(
+    hub: &Arc<Hub>,
+    socket: &mut WebSocket,
+    peer: SocketAddr,
+    actor: Actor,
+    session: Option<SessionInfo>,
+    conn: u64,
+    revoked: CancellationToken,
+) -> Exit {
     let welcome = json!({"type": "welcome", "role": actor.role, "subject_id": actor.id});
     let greeting = socket.send(Message::Text(welcome.to_string().into()));
     if !matches!(
         tokio::time::timeout(WRITE_TIMEOUT, greeting).await,
         Ok(Ok(()))
     ) {
-        metrics::gauge!("hub_connections").decrement(1.0);
-        return;
+        return None;
     }
     let (tx, rx) = mpsc::channel(hub.config.ws_queue.max(1));
     let mut s = Session {
-        conn: hub.registry.next_conn_id(),
+        conn,
         sub: Subscriber {
             tx,
             lagged: CancellationToken::new(),
@@ -89,6 +146,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         hub: hub.clone(),
         actor,
         topics: HashSet::new(),
+        revoked,
+        expires_at: session.map(|s| s.expires_at),
         sent: HashMap::new(),
         tokens: RATE,
         refilled: Instant::now(),
@@ -101,30 +160,31 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, peer: SocketAddr) {
         hub.dispatch.driver_connected(d, s.conn).await;
     }
     tracing::debug!(conn = s.conn, %peer, role = actor.role.as_str(), "socket authenticated");
-    let exit = s.run_loop(&mut socket, rx).await;
+    let exit = s.run_loop(socket, rx).await;
     for t in s.topics.drain() {
         hub.registry.unsubscribe(t, s.conn);
     }
     if let Some(d) = driver {
         hub.dispatch.driver_disconnected(d, s.conn).await;
     }
-    if let Some((code, reason)) = exit {
-        close_with(&mut socket, code, reason).await;
-    }
-    metrics::gauge!("hub_connections").decrement(1.0);
+    exit
 }
 
-async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, (u16, &'static str)> {
+async fn handshake(
+    hub: &Hub,
+    socket: &mut WebSocket,
+) -> Result<(Actor, Option<SessionInfo>), Exit> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(hub.config.ws_auth_timeout_s);
-    let unauthorized = |why| (close::UNAUTHORIZED, why);
+    let unauthorized = |why| Some((close::UNAUTHORIZED, why));
     let first = loop {
         let next = tokio::select! {
             n = tokio::time::timeout_at(deadline, socket.recv()) => n,
-            _ = hub.shutdown.cancelled() => return Err((close::GOING_AWAY, "hub shutting down")),
+            _ = hub.shutdown.cancelled() => return Err(Some((close::GOING_AWAY, "hub shutting down"))),
         };
         match next {
             Err(_) => return Err(unauthorized("auth timeout")),
-            Ok(None | Some(Err(_))) => return Err(unauthorized("closed before auth")),
+            // The peer is gone: there is no one to send a close frame to.
+            Ok(None | Some(Err(_))) => return Err(None),
             Ok(Some(Ok(Message::Text(t)))) => break t,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(_))) => return Err(unauthorized("first message must be auth")),
@@ -136,8 +196,10 @@ async fn handshake(hub: &Hub, socket: &mut WebSocket) -> Result<Actor, (u16, &'s
     let Ok(ClientMsg::Auth { token }) = ClientMsg::parse(&first) else {
         return Err(unauthorized("first message must be auth"));
     };
-    hub.authenticate(&token).await.map_err(|e| match e {
-        Error::Unavailable | Error::Internal(_) => (close::UNAVAILABLE, "hub unavailable, retry"),
+    hub.authenticate_session(&token).await.map_err(|e| match e {
+        Error::Unavailable | Error::Internal(_) => {
+            Some((close::UNAVAILABLE, "hub unavailable, retry"))
+        }
         _ => unauthorized("bad token"),
     })
 }
@@ -174,7 +236,11 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
 }
 
 impl Session {
-    async fn run_loop(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Outbound>) -> Exit {
+    async fn run_loop(
+        &mut self,
+        socket: &mut WebSocket,
+        mut rx: mpsc::Receiver<(Topic, Outbound)>,
+    ) -> Exit {
         let cfg = self.hub.config.clone();
         let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_s.max(1)));
         ping.reset();
@@ -182,10 +248,12 @@ impl Session {
         let mut last_heard = Instant::now();
         let shutdown = self.hub.shutdown.clone();
         let lagged = self.sub.lagged.clone();
+        let revoked = self.revoked.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "hub shutting down")),
+                _ = revoked.cancelled() => return Some((close::UNAUTHORIZED, "token revoked")),
                 _ = lagged.cancelled() => {
                     metrics::counter!("hub_closed_slow_total").increment(1);
                     return Some((close::TOO_SLOW, "too slow: outbound queue overflowed"));
@@ -215,7 +283,10 @@ impl Session {
                     }
                 }
                 out = rx.recv() => {
-                    let out = out?;
+                    let (topic, out) = out?;
+                    if !self.topics.contains(&topic) {
+                        continue; // queued while a refused (or dropped) subscription was open
+                    }
                     let text = match out {
                         Outbound::Order { order_id, version, is_final, text } => {
                             if !self.mark_sent(order_id, version, is_final) { continue; }
@@ -232,6 +303,9 @@ impl Session {
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= idle {
                         return Some((close::IDLE, "idle"));
+                    }
+                    if self.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+                        return Some((close::UNAUTHORIZED, "token expired"));
                     }
                     self.prune_sent();
                     if self.send_msg(socket, Message::Ping(Default::default())).await.is_err() { return None; }

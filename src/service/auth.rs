@@ -97,9 +97,12 @@ impl Secrets {
     }
 }
 
-/// A fresh uniformly random 6-digit code.
+/// Digits of a login code (see docs/security.md for why eight).
+pub const LOGIN_CODE_DIGITS: usize = 8;
+
+/// A fresh uniformly random login code of [`LOGIN_CODE_DIGITS`] digits.
 pub fn new_code() -> String {
-    format!("{:06}", OsRng.gen_range(0..1_000_000u32))
+    format!("{:08}", OsRng.gen_range(0..100_000_000u32))
 }
 
 /// A fresh bearer token and the SHA-256 (hex) under which it is stored.
@@ -115,22 +118,14 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Is this a 6-digit code?
+/// Is this a 6-digit code (an order's OTP)?
 pub fn is_code(s: &str) -> bool {
     s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The key of a client address for the limiter: IPv6 clients by their /64, since one host
-/// usually owns a whole /64.
-fn ip_key(ip: IpAddr) -> String {
-    // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d.
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
+/// Could this be a login code? Codes issued before eight digits were 6 digits long.
+pub fn is_login_code(s: &str) -> bool {
+    (6..=12).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Argon2id hash of a short code, computed off the async runtime.
@@ -167,15 +162,19 @@ pub fn otp_params() -> Params {
     Params::new(256, 1, 1, None).unwrap_or_else(|_| Params::default())
 }
 
-/// Argon2id verifications of login codes running at once (each uses `HUB_LOGIN_HASH_KIB`).
-pub const LOGIN_VERIFY_SLOTS: usize = 4;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub role: Role,
     pub account_id: Uuid,
     pub code: String,
+}
+
+/// What a socket remembers of the token it authenticated with.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub token_hash: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,23 +188,34 @@ pub struct TokenResponse {
 impl Hub {
     /// Resolves a bearer token to the acting principal.
     pub async fn authenticate(&self, token: &str) -> Result<Actor> {
+        Ok(self.authenticate_session(token).await?.0)
+    }
+
+    /// Like [`Hub::authenticate`], with the session it came from (`None` for the admin token).
+    pub async fn authenticate_session(&self, token: &str) -> Result<(Actor, Option<SessionInfo>)> {
         if token.is_empty() || token.len() > 512 {
             return Err(Error::Unauthorized("invalid token".into()));
         }
         if self.secrets.is_admin_token(token) {
-            return Ok(Actor::ADMIN);
+            return Ok((Actor::ADMIN, None));
         }
-        let found = accounts::find_session(&self.db, &token_hash(token)).await?;
-        let Some((role, subject)) = found else {
+        let hash = token_hash(token);
+        let found = accounts::find_session(&self.db, &hash).await?;
+        let Some((role, subject, expires_at)) = found else {
             return Err(Error::Unauthorized(
                 "invalid, expired or revoked token".into(),
             ));
         };
         let role = Role::parse(&role).ok_or_else(|| Error::Unauthorized("invalid token".into()))?;
-        Ok(Actor {
+        let actor = Actor {
             role,
             id: Some(subject),
-        })
+        };
+        let info = SessionInfo {
+            token_hash: hash,
+            expires_at,
+        };
+        Ok((actor, Some(info)))
     }
 
     async fn issue_token(&self, role: Role, subject: Uuid) -> Result<TokenResponse> {
@@ -220,48 +230,87 @@ impl Hub {
         })
     }
 
+    /// Logs a vendor or driver in with a login code, under the limits of
+    /// [`super::limiter`]: the account is looked up first (only real accounts have a budget),
+    /// then the attempt is registered, then the code is checked on the hashing pool.
     pub async fn login(&self, req: LoginRequest, client: IpAddr) -> Result<TokenResponse> {
         if !matches!(req.role, Role::Vendor | Role::Driver) {
             return Err(Error::validation("role must be vendor or driver"));
         }
-        let attempt = self.limiter.begin(
-            format!("account:{}", req.account_id),
-            format!("ip:{}", ip_key(client)),
-        )?;
-        // From here on, leaving early (an error, or the client hanging up) counts as a failure.
+        let account = (req.role, req.account_id);
         let stored = accounts::login_code_hash(&self.db, req.role, req.account_id).await?;
+        let attempt = self.limiter.begin(account, stored.is_some(), client)?;
+        // From here on, leaving early (the client hanging up) counts as a failure; the hub
+        // abandons the attempt only when it never checked the code.
         // Unknown accounts and malformed codes cost one verification too, so that timing does
         // not tell which accounts exist.
-        let known = stored.is_some() && is_code(&req.code);
-        let hash = stored.unwrap_or_else(|| self.secrets.dummy_hash.clone());
-        let ok = {
-            let _slot = self.login_slots.acquire().await.map_err(Error::internal)?;
-            verify_code(hash, req.code).await?
+        let known = stored.is_some() && is_login_code(&req.code);
+        let (hash, expires_at) = match stored {
+            Some((h, e)) => (h, Some(e)),
+            None => (self.secrets.dummy_hash.clone(), None),
+        };
+        let ok = match self.hashing.verify(hash, req.code).await {
+            Ok(ok) => ok,
+            Err(e @ (Error::Busy { .. } | Error::Unavailable)) => {
+                attempt.abandon();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         };
         if !(ok && known) {
             return Err(Error::Unauthorized("unknown account or wrong code".into()));
+        }
+        // The right code, but too old: not a guess, and not a login either.
+        if expires_at.is_some_and(|e| e <= Utc::now()) {
+            attempt.abandon();
+            return Err(Error::LoginCodeExpired);
         }
         attempt.succeeded();
         self.issue_token(req.role, req.account_id).await
     }
 
+    /// Revokes a token and ends the sockets that authenticated with it.
     pub async fn logout(&self, token: &str) -> Result<()> {
         if self.secrets.is_admin_token(token) {
             return Err(Error::BadRequest(
                 "the admin token is configured, not issued; it cannot be revoked".into(),
             ));
         }
+        let (actor, session) = self.authenticate_session(token).await?;
         accounts::revoke_session(&self.db, &token_hash(token)).await?;
+        if let (Some(id), Some(s)) = (actor.id, session) {
+            self.conns.revoke_token((actor.role, id), &s.token_hash);
+        }
         Ok(())
+    }
+
+    /// Admin: revokes every session of an account and ends its live sockets.
+    /// Returns (sessions revoked, sockets closed).
+    pub async fn revoke_account(&self, actor: Actor, role: Role, id: Uuid) -> Result<(u64, usize)> {
+        if actor.role != Role::Admin {
+            return Err(Error::Forbidden("admin only".into()));
+        }
+        if !matches!(role, Role::Vendor | Role::Driver | Role::Buyer) {
+            return Err(Error::validation("role must be vendor, driver or buyer"));
+        }
+        let revoked = accounts::revoke_sessions_of(&self.db, role, id).await?;
+        let closed = self.conns.revoke_account((role, id));
+        tracing::info!(role = role.as_str(), subject = %id, revoked, closed, "account sessions revoked");
+        Ok((revoked, closed))
     }
 
     pub async fn sign_up_buyer(
         &self,
         name: &str,
         phone: &str,
+        client: IpAddr,
+        by_admin: bool,
     ) -> Result<(accounts::Buyer, TokenResponse)> {
         let name = super::text("name", name, 1, 120)?;
         let phone = super::text("phone", phone, 3, 32)?;
+        if !by_admin {
+            self.signups.check(client)?;
+        }
         let buyer = accounts::insert_buyer(&self.db, Uuid::now_v7(), name, phone).await?;
         let token = self.issue_token(Role::Buyer, buyer.id).await?;
         Ok((buyer, token))
@@ -270,4 +319,27 @@ impl Hub {
     pub fn login_params(&self) -> Params {
         self.secrets.login_params.clone()
     }
+}
+
+/// How often expired and revoked sessions are deleted (the first sweep runs at start).
+pub const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes sessions that expired or were revoked more than a day ago, at start and then every
+/// [`SESSION_SWEEP_EVERY`], so the `sessions` table holds live tokens and a day of history.
+pub fn spawn_session_sweeper(hub: std::sync::Arc<Hub>) {
+    let shutdown = hub.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SESSION_SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match accounts::delete_stale_sessions(&hub.db, chrono::Duration::days(1)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "stale sessions deleted"),
+                Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+            }
+        }
+    });
 }

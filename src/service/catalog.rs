@@ -1,10 +1,11 @@
 //! Shops, drivers and products: the admin's and vendors' setup work.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Hub;
-use super::auth::{hash_code, new_code};
+use super::auth::new_code;
 use crate::domain::{Actor, GeoPoint, Role};
 use crate::error::{Error, Result};
 use crate::store::{accounts, catalog};
@@ -70,7 +71,7 @@ impl Hub {
         let pos = GeoPoint::new(req.lat, req.lng).map_err(|e| Error::validation(e.to_string()))?;
         let address = super::text("address", &req.address, 0, 300)?;
         let code = new_code();
-        let hash = hash_code(code.clone(), self.login_params()).await?;
+        let hash = self.hashing.hash(code.clone(), self.login_params()).await?;
         let shop = accounts::insert_shop(
             &self.db,
             accounts::NewShop {
@@ -80,6 +81,7 @@ impl Hub {
                 lng: pos.lng,
                 address,
                 code_hash: &hash,
+                code_expires_at: self.login_code_expiry(),
             },
         )
         .await?;
@@ -95,17 +97,47 @@ impl Hub {
         let name = check_name(&req.name)?;
         let phone = super::text("phone", &req.phone, 0, 32)?;
         let code = new_code();
-        let hash = hash_code(code.clone(), self.login_params()).await?;
-        let driver = accounts::insert_driver(&self.db, Uuid::now_v7(), name, phone, &hash).await?;
+        let hash = self.hashing.hash(code.clone(), self.login_params()).await?;
+        let expires = self.login_code_expiry();
+        let driver =
+            accounts::insert_driver(&self.db, Uuid::now_v7(), name, phone, &hash, expires).await?;
         Ok((driver, code))
     }
 
-    /// Gives an existing shop or driver a new login code (used by `seed-demo`).
-    pub async fn rotate_login_code(&self, role: Role, id: Uuid) -> Result<String> {
+    /// When a login code issued now expires.
+    pub fn login_code_expiry(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::days(i64::from(self.config.login_code_ttl_d.max(1)))
+    }
+
+    /// Gives an existing shop or driver a new login code, revokes its sessions and ends its
+    /// live sockets. `NotFound` when there is no such account.
+    pub async fn rotate_login_code(&self, role: Role, id: Uuid) -> Result<(String, DateTime<Utc>)> {
+        if !matches!(role, Role::Vendor | Role::Driver) {
+            return Err(Error::validation(
+                "only vendors and drivers have login codes",
+            ));
+        }
         let code = new_code();
-        let hash = hash_code(code.clone(), self.login_params()).await?;
-        accounts::set_login_code_hash(&self.db, role, id, &hash).await?;
-        Ok(code)
+        let hash = self.hashing.hash(code.clone(), self.login_params()).await?;
+        let expires = self.login_code_expiry();
+        if !accounts::rotate_login_code(&self.db, role, id, &hash, expires).await? {
+            return Err(Error::NotFound);
+        }
+        self.limiter.forget_trust((role, id));
+        let closed = self.conns.revoke_account((role, id));
+        tracing::info!(role = role.as_str(), subject = %id, closed, "login code rotated");
+        Ok((code, expires))
+    }
+
+    /// The admin's code rotation (`POST /api/admin/{shops|drivers}/{id}/login-code`).
+    pub async fn admin_rotate_login_code(
+        &self,
+        actor: Actor,
+        role: Role,
+        id: Uuid,
+    ) -> Result<(String, DateTime<Utc>)> {
+        require_admin(actor)?;
+        self.rotate_login_code(role, id).await
     }
 
     pub async fn add_product(

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod hashing;
 pub mod limiter;
 pub mod orders;
 pub mod views;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::domain::{GeoPoint, OrderId, ShopId};
 use crate::realtime::Registry;
+use crate::realtime::conns::Connections;
 
 /// Trims a client-supplied text field and checks its length (in characters) and that it holds
 /// no control characters (Postgres refuses NUL, and none belong in a name or an address).
@@ -50,13 +52,16 @@ pub struct Hub {
     pub dispatch: DispatchHandle,
     pub secrets: auth::Secrets,
     pub limiter: limiter::LoginLimiter,
+    pub signups: limiter::SignupLimiter,
+    /// Every Argon2id hash and check of a login code runs here (fixed threads and memory).
+    pub hashing: hashing::HashPool,
+    /// Socket caps and the live sockets of each account (for revocation).
+    pub conns: Connections,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
     /// Socket sessions and background tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     order_locks: Vec<Mutex<()>>,
-    /// Bounds concurrent Argon2id login verifications (memory-hard, CPU-heavy).
-    pub login_slots: tokio::sync::Semaphore,
     shop_positions: DashMap<ShopId, GeoPoint>,
 }
 
@@ -72,17 +77,31 @@ impl Hub {
             config.secret.as_deref(),
             config.login_hash_kib,
         );
+        let limiter = limiter::LoginLimiter::new(limiter::LoginPolicy {
+            account_budget: config.login_account_budget,
+            address_failures: config.login_address_failures,
+            ..limiter::LoginPolicy::default()
+        });
+        let signups = limiter::SignupLimiter::new(config.signups_per_address_h, 100_000);
+        let hashing = hashing::HashPool::new(config.hash_workers, config.hash_queue);
+        let conns = Connections::new(
+            config.effective_max_connections(),
+            config.max_unauthenticated,
+            config.max_sockets_per_account,
+        );
         Self {
             db,
             config,
             registry,
             dispatch,
             secrets,
-            limiter: limiter::LoginLimiter::default(),
+            limiter,
+            signups,
+            hashing,
+            conns,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            login_slots: tokio::sync::Semaphore::new(auth::LOGIN_VERIFY_SLOTS),
             shop_positions: DashMap::new(),
         }
     }

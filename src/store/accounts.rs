@@ -42,12 +42,13 @@ pub struct NewShop<'a> {
     pub lng: f64,
     pub address: &'a str,
     pub code_hash: &'a str,
+    pub code_expires_at: DateTime<Utc>,
 }
 
 pub async fn insert_shop(db: &PgPool, s: NewShop<'_>) -> sqlx::Result<Shop> {
     sqlx::query_as(
-        "INSERT INTO shops (id, name, lat, lng, address, login_code_hash)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO shops (id, name, lat, lng, address, login_code_hash, login_code_expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          RETURNING id, name, lat, lng, address, created_at",
     )
     .bind(s.id)
@@ -56,6 +57,7 @@ pub async fn insert_shop(db: &PgPool, s: NewShop<'_>) -> sqlx::Result<Shop> {
     .bind(s.lng)
     .bind(s.address)
     .bind(s.code_hash)
+    .bind(s.code_expires_at)
     .fetch_one(db)
     .await
 }
@@ -66,15 +68,18 @@ pub async fn insert_driver(
     name: &str,
     phone: &str,
     code_hash: &str,
+    code_expires_at: DateTime<Utc>,
 ) -> sqlx::Result<Driver> {
     sqlx::query_as(
-        "INSERT INTO drivers (id, name, phone, login_code_hash) VALUES ($1, $2, $3, $4)
+        "INSERT INTO drivers (id, name, phone, login_code_hash, login_code_expires_at)
+         VALUES ($1, $2, $3, $4, $5)
          RETURNING id, name, phone, last_lat, last_lng, created_at",
     )
     .bind(id)
     .bind(name)
     .bind(phone)
     .bind(code_hash)
+    .bind(code_expires_at)
     .fetch_one(db)
     .await
 }
@@ -120,29 +125,79 @@ pub async fn find_driver_by_name(db: &PgPool, name: &str) -> sqlx::Result<Option
     .await
 }
 
-/// The login-code hash of a vendor's shop or a driver.
-pub async fn login_code_hash(db: &PgPool, role: Role, id: Uuid) -> sqlx::Result<Option<String>> {
+/// The login-code hash of a vendor's shop or a driver, and when the code expires.
+pub async fn login_code_hash(
+    db: &PgPool,
+    role: Role,
+    id: Uuid,
+) -> sqlx::Result<Option<(String, DateTime<Utc>)>> {
     let sql = match role {
-        Role::Vendor => "SELECT login_code_hash FROM shops WHERE id = $1",
-        Role::Driver => "SELECT login_code_hash FROM drivers WHERE id = $1",
+        Role::Vendor => "SELECT login_code_hash, login_code_expires_at FROM shops WHERE id = $1",
+        Role::Driver => "SELECT login_code_hash, login_code_expires_at FROM drivers WHERE id = $1",
         _ => return Ok(None),
     };
-    sqlx::query_scalar(sql).bind(id).fetch_optional(db).await
+    sqlx::query_as(sql).bind(id).fetch_optional(db).await
 }
 
-pub async fn set_login_code_hash(
+/// Replaces an account's login code and revokes every session it has, in one transaction.
+/// Returns false when there is no such account.
+pub async fn rotate_login_code(
     db: &PgPool,
     role: Role,
     id: Uuid,
     hash: &str,
-) -> sqlx::Result<()> {
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
     let sql = match role {
-        Role::Vendor => "UPDATE shops SET login_code_hash = $2 WHERE id = $1",
-        Role::Driver => "UPDATE drivers SET login_code_hash = $2 WHERE id = $1",
-        _ => return Ok(()),
+        Role::Vendor => {
+            "UPDATE shops SET login_code_hash = $2, login_code_expires_at = $3 WHERE id = $1"
+        }
+        Role::Driver => {
+            "UPDATE drivers SET login_code_hash = $2, login_code_expires_at = $3 WHERE id = $1"
+        }
+        _ => return Ok(false),
     };
-    sqlx::query(sql).bind(id).bind(hash).execute(db).await?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    let found = sqlx::query(sql)
+        .bind(id)
+        .bind(hash)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    revoke_sessions_of(&mut *tx, role, id).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Revokes every live session of an account; returns how many.
+pub async fn revoke_sessions_of<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    role: Role,
+    subject: Uuid,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE role = $1 AND subject_id = $2 AND revoked_at IS NULL AND expires_at > now()",
+    )
+    .bind(role.as_str())
+    .bind(subject)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes sessions that expired, or were revoked, more than `grace` ago; returns how many.
+pub async fn delete_stale_sessions(db: &PgPool, grace: chrono::Duration) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM sessions WHERE expires_at < now() - $1::interval
+                              OR revoked_at < now() - $1::interval",
+    )
+    .bind(grace)
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 pub async fn insert_session(
@@ -164,10 +219,13 @@ pub async fn insert_session(
     Ok(())
 }
 
-/// A live (not expired, not revoked) session: its role and subject.
-pub async fn find_session(db: &PgPool, token_hash: &str) -> sqlx::Result<Option<(String, Uuid)>> {
+/// A live (not expired, not revoked) session: its role, subject and expiry.
+pub async fn find_session(
+    db: &PgPool,
+    token_hash: &str,
+) -> sqlx::Result<Option<(String, Uuid, DateTime<Utc>)>> {
     sqlx::query_as(
-        "SELECT role, subject_id FROM sessions
+        "SELECT role, subject_id, expires_at FROM sessions
          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
     )
     .bind(token_hash)

@@ -123,7 +123,7 @@ impl Hub {
         if !accounts::rotate_login_code(&self.db, role, id, &hash, expires).await? {
             return Err(Error::NotFound);
         }
-        self.limiter.forget_trust((role, id));
+        self.limiter.code_rotated((role, id));
         let closed = self.conns.revoke_account((role, id));
         tracing::info!(role = role.as_str(), subject = %id, closed, "login code rotated");
         Ok((code, expires))

@@ -362,10 +362,15 @@ impl LoginLimiter {
         }
     }
 
-    /// Forgets an account's trusted addresses (its code was rotated).
-    pub fn forget_trust(&self, account: AccountKey) {
+    /// The account's code was rotated: guesses at the old code are worthless now, so its
+    /// budget starts afresh; its trusted addresses are forgotten (one may be whoever the old
+    /// code leaked to).
+    pub fn code_rotated(&self, account: AccountKey) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.trusted.remove(&account);
+        if let Some(acc) = st.accounts.get_mut(&account) {
+            acc.windows = [Window::new(Instant::now()); 2];
+        }
     }
 
     /// Keys held now: (accounts, addresses, pairs).

@@ -61,6 +61,7 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
     hub.dispatch.start(hub.clone()).await;
     dispatch::sweeper::spawn(hub.clone());
     crate::service::auth::spawn_session_sweeper(hub.clone());
+    store::health::spawn_probe(hub.db.clone(), hub.shutdown.clone());
 
     let socket = if config.bind.is_ipv4() {
         TcpSocket::new_v4()?

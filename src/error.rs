@@ -15,6 +15,8 @@ pub enum Error {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     #[error("order is at version {}, not {expected}", .current.version)]
     VersionConflict {
         expected: i32,
@@ -31,6 +33,10 @@ pub enum Error {
     PayloadTooLarge,
     #[error("{0}")]
     Validation(String),
+    #[error("the driver already holds an active order")]
+    DriverBusy,
+    #[error("the request conflicts with stored data ({constraint})")]
+    Constraint { constraint: String },
     #[error("wrong OTP; {attempts_left} attempts left")]
     InvalidOtp { attempts_left: i32 },
     #[error("too many wrong OTPs; this order can no longer be delivered with an OTP")]
@@ -58,11 +64,14 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
             Error::VersionConflict { .. } => "version_conflict",
             Error::InvalidTransition { .. } => "invalid_transition",
             Error::IdempotencyConflict => "idempotency_conflict",
             Error::PayloadTooLarge => "payload_too_large",
             Error::Validation(_) => "validation_failed",
+            Error::DriverBusy => "driver_busy",
+            Error::Constraint { .. } => "constraint_violation",
             Error::InvalidOtp { .. } => "invalid_otp",
             Error::OtpLocked => "otp_locked",
             Error::RateLimited { .. } => "rate_limited",
@@ -80,9 +89,12 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::VersionConflict { .. }
             | Error::InvalidTransition { .. }
-            | Error::IdempotencyConflict => StatusCode::CONFLICT,
+            | Error::IdempotencyConflict
+            | Error::DriverBusy
+            | Error::Constraint { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Validation(_) | Error::InvalidOtp { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::OtpLocked => StatusCode::LOCKED,
@@ -139,14 +151,48 @@ impl Error {
     }
 }
 
+/// Is this database error an outage (the server or the path to it is gone, shutting down or
+/// out of connections) rather than something about the statement?
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 08: connection exception; 57P: operator intervention (admin/crash shutdown,
+            // cannot connect now); 53: insufficient resources (too many connections, disk
+            // full, out of memory); 58: system error (I/O); 40001/40P01 are not outages.
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c.starts_with("58")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Error::Unavailable
+        if is_outage(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            // A pool timeout under load is not an outage of Postgres itself.
+            if !matches!(e, sqlx::Error::PoolTimedOut) {
+                crate::store::health::report_outage();
             }
-            other => Error::Internal(other.into()),
+            return Error::Unavailable;
         }
+        if let sqlx::Error::Database(db) = &e
+            && db.code().is_some_and(|c| c.starts_with("23"))
+        {
+            // An integrity constraint the service did not anticipate: the client's request
+            // conflicts with stored data; not a bug in the hub, but worth a log line.
+            let constraint = db.constraint().unwrap_or("unnamed").to_owned();
+            tracing::warn!(error = %e, %constraint, "constraint violation");
+            return Error::Constraint { constraint };
+        }
+        Error::Internal(e.into())
     }
 }

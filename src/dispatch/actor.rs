@@ -466,7 +466,7 @@ impl State {
                     (current.status, current.version),
                 ))),
                 Err(Error::NotFound) => Err(AssignFailure::Moved(None)),
-                Err(Error::Validation(_)) => Err(AssignFailure::DriverBusy),
+                Err(Error::DriverBusy) => Err(AssignFailure::DriverBusy),
                 Err(e) => {
                     tracing::warn!(error = %e, %order, "assignment failed; will retry");
                     Err(AssignFailure::Transient)

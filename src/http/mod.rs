@@ -11,16 +11,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use tower::service_fn;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
 use crate::realtime::protocol::MAX_TEXT;
 use crate::service::Hub;
+use crate::store::health;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -34,8 +37,14 @@ pub fn router(
         .merge(shops::routes())
         .merge(orders::routes())
         .fallback(|| async { Error::NotFound })
-        .layer(DefaultBodyLimit::max(MAX_BODY));
-    let web = ServeDir::new(&hub.config.web_dir).append_index_html_on_directories(true);
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(fail_fast));
+    let web = ServeDir::new(&hub.config.web_dir)
+        .append_index_html_on_directories(true)
+        .not_found_service(service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(Error::NotFound.into_response())
+        }));
     Router::new()
         .nest("/api", api)
         .route(
@@ -51,15 +60,29 @@ pub fn router(
             }),
         )
         .route("/ws", get(ws))
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .fallback_service(web)
         .layer(TraceLayer::new_for_http())
         .with_state(hub)
 }
 
+/// While Postgres is known to be down, API requests answer 503 at once instead of waiting for
+/// a pool timeout (see `store::health`).
+async fn fail_fast(req: Request, next: Next) -> Response {
+    match health::check() {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Ready when Postgres answers (within a second) and the dispatcher runs.
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
-    match crate::store::ping(&hub.db).await {
-        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(_) => Error::Unavailable.into_response(),
+    if let Err(e) = health::check() {
+        return e.into_response();
+    }
+    match tokio::time::timeout(health::PROBE_TIMEOUT, crate::store::ping(&hub.db)).await {
+        Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        _ => Error::Unavailable.into_response(),
     }
 }
 

@@ -196,6 +196,9 @@ async fn handshake(
     let Ok(ClientMsg::Auth { token }) = ClientMsg::parse(&first) else {
         return Err(unauthorized("first message must be auth"));
     };
+    if crate::store::health::is_down() && !hub.secrets.is_admin_token(&token) {
+        return Err(Some((close::UNAVAILABLE, "hub unavailable, retry")));
+    }
     hub.authenticate_session(&token).await.map_err(|e| match e {
         Error::Unavailable | Error::Internal(_) => {
             Some((close::UNAVAILABLE, "hub unavailable, retry"))
@@ -260,26 +263,33 @@ impl Session {
                 }
                 frame = socket.recv() => {
                     last_heard = Instant::now();
-                    match frame {
+                    let frame = match frame {
                         None => return None,
                         Some(Err(e)) => return too_big(e).then_some((close::TOO_BIG, "message over 16 KiB")),
                         Some(Ok(Message::Close(_))) => return Some((close::NORMAL, "bye")),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Binary(_))) => {
-                            let e = error_frame(&Value::Null, "unsupported_frame", "binary frames are not supported");
-                            if self.send(socket, e).await.is_err() { return None; }
-                        }
-                        Some(Ok(Message::Text(t))) => {
+                        Some(Ok(f)) => f,
+                    };
+                    // Every frame counts against the rate limit, whatever its kind.
+                    if let Some(exit) = self.limit(socket).await {
+                        return exit;
+                    }
+                    if !self.within_limit() {
+                        continue;
+                    }
+                    match frame {
+                        Message::Text(t) => {
                             if t.len() > MAX_TEXT {
                                 return Some((close::TOO_BIG, "message over 16 KiB"));
                             }
-                            if let Some(exit) = self.limit(socket).await {
-                                return exit;
-                            }
-                            if self.within_limit() && let Err(exit) = self.handle(socket, &t).await {
+                            if let Err(exit) = self.handle(socket, &t).await {
                                 return exit.or_else(|| self.failed_send_exit());
                             }
                         }
+                        Message::Binary(_) => {
+                            let e = error_frame(&Value::Null, "unsupported_frame", "binary frames are not supported");
+                            if self.send(socket, e).await.is_err() { return self.failed_send_exit(); }
+                        }
+                        _ => {} // ping / pong
                     }
                 }
                 out = rx.recv() => {
@@ -318,6 +328,7 @@ impl Session {
     /// else means the peer is gone.
     fn failed_send_exit(&self) -> Exit {
         if self.sub.lagged.is_cancelled() {
+            metrics::counter!("hub_closed_slow_total").increment(1);
             Some((close::TOO_SLOW, "too slow: outbound queue overflowed"))
         } else if self.hub.shutdown.is_cancelled() {
             Some((close::GOING_AWAY, "hub shutting down"))
@@ -403,6 +414,14 @@ impl Session {
                 return self.send(socket, e).await.map_err(|_| None);
             }
         };
+        // Commands that need Postgres answer `unavailable` at once while it is known to be down.
+        if let ClientMsg::Subscribe { reference, .. } | ClientMsg::Transition { reference, .. } =
+            &msg
+            && let Err(e) = crate::store::health::check()
+        {
+            let e = error_from(&clean_ref(reference.clone()), &e);
+            return self.send(socket, e).await.map_err(|_| None);
+        }
         let reply = match msg {
             ClientMsg::Auth { .. } => {
                 error_frame(&Value::Null, "bad_request", "already authenticated")

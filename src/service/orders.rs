@@ -366,11 +366,7 @@ impl Hub {
                 });
             }
             Err(WriteError::Conflict(None)) => return Err(Error::NotFound),
-            Err(WriteError::DriverBusy) => {
-                return Err(Error::validation(
-                    "the driver already holds an active order",
-                ));
-            }
+            Err(WriteError::DriverBusy) => return Err(Error::DriverBusy),
             Err(WriteError::Db(e)) => return Err(e.into()),
         };
         self.after_commit(&rec.view, &ev, previous_driver).await;

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod catalog;
 pub mod fleet;
+pub mod health;
 pub mod orders;
 
 use std::time::Duration;

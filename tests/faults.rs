@@ -1,0 +1,114 @@
+//! Faults answered clearly: every error in the JSON shape (404 and 405 included), a binary
+//! flood closed like any other flood, and database errors classified (an outage is
+//! `unavailable`, a constraint its own code, never a 500 for what a client can cause).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestHub, Ws};
+use dispatch_hub::error::Error;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_tungstenite::tungstenite::Message;
+
+#[sqlx::test]
+async fn method_not_allowed_and_unknown_paths_answer_in_json(db: PgPool) {
+    let hub = TestHub::start(db).await;
+    for (method, path) in [
+        ("DELETE", "/api/orders"),
+        ("POST", "/api/me"),
+        ("PUT", "/api/shops"),
+        ("POST", "/readyz"),
+    ] {
+        let (s, v) = hub.call(method, path, None, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (405, Some("method_not_allowed")),
+            "{method} {path}: {v}"
+        );
+    }
+    for path in ["/api/nope", "/no-such-page.html", "/js/nope.js"] {
+        let (s, v) = hub.call("GET", path, None, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {v}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_binary_frame_flood_is_closed_with_4429(db: PgPool) {
+    let hub = TestHub::start(db).await;
+    let (_, token) = hub.buyer().await;
+    let mut ws = hub.socket(&token).await;
+    for _ in 0..2_000 {
+        if !ws.send_raw(Message::Binary(vec![1, 2, 3].into())).await {
+            break; // the hub already closed
+        }
+    }
+    let mut unsupported = 0;
+    let code = loop {
+        match tokio::time::timeout(common::WAIT, futures::StreamExt::next(&mut ws.inner)).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break Some(u16::from(f.code)),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains("unsupported_frame") {
+                    unsupported += 1;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(4429));
+    assert!(
+        unsupported <= 60,
+        "{unsupported} binary frames were answered"
+    );
+}
+
+#[sqlx::test]
+async fn an_administrator_shutdown_of_the_connection_is_an_outage_not_a_bug(db: PgPool) {
+    // A backend terminated by an administrator (SQLSTATE 57P01), as when Postgres stops.
+    let mut conn = db.acquire().await.unwrap();
+    let e = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(dispatch_hub::error::is_outage(&e), "{e:?}");
+    let mapped = Error::from(e);
+    assert_eq!(
+        (mapped.code(), mapped.status().as_u16()),
+        ("unavailable", 503)
+    );
+    assert!(mapped.body().contains_key("retry_after_s"));
+    drop(conn);
+    // The probe sees the database answer and clears the outage by itself.
+    let hub = TestHub::start(db.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _) = hub.call("GET", "/readyz", None, None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A constraint the client can trip is its own code, not `internal`.
+    let e = sqlx::query("INSERT INTO buyers (id, name, phone) VALUES (gen_random_uuid(), '', 'x')")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(!dispatch_hub::error::is_outage(&e));
+    let mapped = Error::from(e);
+    assert_eq!(
+        (mapped.code(), mapped.status().as_u16()),
+        ("constraint_violation", 409)
+    );
+    // Sockets keep working throughout.
+    let (_, token) = hub.buyer().await;
+    let mut ws: Ws = hub.socket(&token).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await.unwrap()["type"], "pong");
+}

@@ -174,7 +174,11 @@ pub const LOGIN_VERIFY_SLOTS: usize = 4;
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub role: Role,
-    pub account_id: Uuid,
+    /// The shop id (vendor) or the driver id; a driver may give `phone` instead.
+    #[serde(default)]
+    pub account_id: Option<Uuid>,
+    #[serde(default)]
+    pub phone: Option<String>,
     pub code: String,
 }
 
@@ -221,6 +225,7 @@ impl Hub {
     }
 
     pub async fn login(&self, req: LoginRequest, client: IpAddr) -> Result<TokenResponse> {
+        let req = self.resolve_login(req).await?;
         if !matches!(req.role, Role::Vendor | Role::Driver) {
             return Err(Error::validation("role must be vendor or driver"));
         }

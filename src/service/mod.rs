@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod limiter;
+pub mod login_account;
 pub mod orders;
 pub mod views;
 

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::domain::{Actor, Role};
+use crate::error::Error;
 use crate::service::Hub;
 use crate::service::catalog::{NewDriverRequest, NewProductRequest, NewShopRequest};
 use crate::store::{accounts, catalog};
@@ -85,20 +86,30 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
     }
     let _ = writeln!(out, "\nDrivers (sign in with the phone number and code):");
     for (name, phone, lat, lng) in DRIVERS {
-        let (id, code) = match accounts::find_driver_by_name(&hub.db, name).await? {
+        let (id, code, phone) = match accounts::find_driver_by_name(&hub.db, name).await? {
             Some(d) => {
+                let mut kept = d.phone.clone();
                 if d.phone != *phone {
-                    hub.set_driver_phone(d.id, phone).await?;
+                    match hub.set_driver_phone(d.id, phone).await {
+                        Ok(()) => kept = (*phone).into(),
+                        // Another driver has the number: this one keeps signing in by id.
+                        Err(Error::Validation(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-                (d.id, hub.rotate_login_code(Role::Driver, d.id).await?)
+                let code = hub.rotate_login_code(Role::Driver, d.id).await?;
+                (d.id, code, kept)
             }
             None => {
-                let req = NewDriverRequest {
+                let req = |phone: &str| NewDriverRequest {
                     name: (*name).into(),
-                    phone: (*phone).into(),
+                    phone: phone.into(),
                 };
-                let (d, code) = hub.create_driver(Actor::ADMIN, req).await?;
-                (d.id, code)
+                let (d, code) = match hub.create_driver(Actor::ADMIN, req(phone)).await {
+                    Err(Error::Validation(_)) => hub.create_driver(Actor::ADMIN, req("")).await?,
+                    created => created?,
+                };
+                (d.id, code, d.phone)
             }
         };
         crate::store::fleet::save_positions(
@@ -109,7 +120,14 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
             &[chrono::Utc::now()],
         )
         .await?;
-        let _ = writeln!(out, "  {name:<20} phone {phone}  code {code}  (id {id})");
+        let _ = if phone.is_empty() {
+            writeln!(
+                out,
+                "  {name:<20} id {id}  code {code}  (its phone is taken)"
+            )
+        } else {
+            writeln!(out, "  {name:<20} phone {phone}  code {code}  (id {id})")
+        };
     }
     let _ = writeln!(
         out,

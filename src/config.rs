@@ -196,6 +196,17 @@ pub struct Config {
     )]
     pub max_sockets_per_account: usize,
 
+    /// Currency of every amount (ISO 4217 code, 3 uppercase letters); amounts are integer
+    /// hundredths of it (`*_cents`). Clients read it from `GET /api/config`.
+    #[arg(
+        long,
+        env = "HUB_CURRENCY",
+        global = true,
+        default_value = "EUR",
+        value_parser = parse_currency
+    )]
+    pub currency: String,
+
     /// Folder of the web demo served at `/`.
     #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
     pub web_dir: PathBuf,
@@ -203,6 +214,17 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "HUB_LOG_JSON", global = true, default_value_t = false)]
     pub log_json: bool,
+}
+
+/// A currency code as ISO 4217 writes it: exactly three uppercase ASCII letters.
+pub fn parse_currency(s: &str) -> Result<String, String> {
+    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a currency code: use 3 uppercase letters, e.g. EUR"
+        ))
+    }
 }
 
 impl Config {

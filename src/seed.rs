@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::domain::{Actor, Role};
+use crate::error::Error;
 use crate::service::Hub;
 use crate::service::catalog::{NewDriverRequest, NewProductRequest, NewShopRequest};
 use crate::store::{accounts, catalog};
@@ -42,17 +43,21 @@ const SHOPS: &[DemoShop] = &[
     ),
 ];
 
-const DRIVERS: &[(&str, f64, f64)] = &[
-    ("Demo Driver Ada", 52.5200, 13.4050),
-    ("Demo Driver Ben", 52.5150, 13.3900),
-    ("Demo Driver Cy", 52.5280, 13.4200),
+/// (name, phone to sign in with, lat, lng).
+const DRIVERS: &[(&str, &str, f64, f64)] = &[
+    ("Demo Driver Ada", "+49 30 555 1001", 52.5200, 13.4050),
+    ("Demo Driver Ben", "+49 30 555 1002", 52.5150, 13.3900),
+    ("Demo Driver Cy", "+49 30 555 1003", 52.5280, 13.4200),
 ];
 
 /// Creates or refreshes the demo city and returns a printable summary with login codes.
 pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String> {
     let mut out = String::new();
     let _ = writeln!(out, "Demo city ready. Open {base_url}/ in a browser.\n");
-    let _ = writeln!(out, "Vendors (log in with the shop id and code):");
+    let _ = writeln!(
+        out,
+        "Vendors (pick the shop on the sign-in page, enter its code):"
+    );
     for (name, lat, lng, address, products) in SHOPS {
         let (id, code) = match accounts::find_shop_by_name(&hub.db, name).await? {
             Some(s) => (s.id, hub.rotate_login_code(Role::Vendor, s.id).await?.0),
@@ -77,19 +82,34 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
                 hub.add_product(Actor::ADMIN, id, req).await?;
             }
         }
-        let _ = writeln!(out, "  {name:<20} id {id}  code {code}");
+        let _ = writeln!(out, "  {name:<20} code {code}  (id {id})");
     }
-    let _ = writeln!(out, "\nDrivers (log in with the driver id and code):");
-    for (name, lat, lng) in DRIVERS {
-        let (id, code) = match accounts::find_driver_by_name(&hub.db, name).await? {
-            Some(d) => (d.id, hub.rotate_login_code(Role::Driver, d.id).await?.0),
+    let _ = writeln!(out, "\nDrivers (sign in with the phone number and code):");
+    for (name, phone, lat, lng) in DRIVERS {
+        let (id, code, phone) = match accounts::find_driver_by_name(&hub.db, name).await? {
+            Some(d) => {
+                let mut kept = d.phone.clone();
+                if d.phone != *phone {
+                    match hub.set_driver_phone(d.id, phone).await {
+                        Ok(()) => kept = (*phone).into(),
+                        // Another driver has the number: this one keeps signing in by id.
+                        Err(Error::Validation(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let code = hub.rotate_login_code(Role::Driver, d.id).await?.0;
+                (d.id, code, kept)
+            }
             None => {
-                let req = NewDriverRequest {
+                let req = |phone: &str| NewDriverRequest {
                     name: (*name).into(),
-                    phone: String::new(),
+                    phone: phone.into(),
                 };
-                let (d, code) = hub.create_driver(Actor::ADMIN, req).await?;
-                (d.id, code)
+                let (d, code) = match hub.create_driver(Actor::ADMIN, req(phone)).await {
+                    Err(Error::Validation(_)) => hub.create_driver(Actor::ADMIN, req("")).await?,
+                    created => created?,
+                };
+                (d.id, code, d.phone)
             }
         };
         crate::store::fleet::save_positions(
@@ -100,7 +120,14 @@ pub async fn seed_demo(hub: &Hub, base_url: &str) -> crate::error::Result<String
             &[chrono::Utc::now()],
         )
         .await?;
-        let _ = writeln!(out, "  {name:<20} id {id}  code {code}");
+        let _ = if phone.is_empty() {
+            writeln!(
+                out,
+                "  {name:<20} id {id}  code {code}  (its phone is taken)"
+            )
+        } else {
+            writeln!(out, "  {name:<20} phone {phone}  code {code}  (id {id})")
+        };
     }
     let _ = writeln!(
         out,

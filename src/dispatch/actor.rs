@@ -26,6 +26,9 @@ const OFFER_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Driver {
+    /// For the fleet view; read from Postgres on recovery or when the driver connects.
+    name: Option<String>,
+    name_asked: bool,
     pos: Option<GeoPoint>,
     /// The position the driver is indexed at, when it is in the free index.
     indexed_at: Option<GeoPoint>,
@@ -145,7 +148,7 @@ impl State {
     async fn recover(&mut self) -> Result<(), sqlx::Error> {
         let db = self.hub.db.clone();
         let now = Instant::now();
-        for (id, lat, lng) in store::fleet::drivers(&db).await? {
+        for (id, name, lat, lng) in store::fleet::drivers(&db).await? {
             let pos = match (lat, lng) {
                 (Some(lat), Some(lng)) => GeoPoint::new(lat, lng).ok(),
                 _ => None,
@@ -153,6 +156,7 @@ impl State {
             self.drivers.insert(
                 DriverId(id),
                 Driver {
+                    name: Some(name),
                     pos,
                     available: true,
                     offline_since: Some(now),
@@ -196,6 +200,14 @@ impl State {
                     drv.available = true;
                 }
                 drv.conns.insert(conn);
+                if drv.name.is_none() && !drv.name_asked {
+                    drv.name_asked = true;
+                    self.spawn_name_lookup(d);
+                }
+                self.refresh(d);
+            }
+            Control::Named(d, name) => {
+                self.drivers.entry(d).or_default().name = Some(name);
                 self.refresh(d);
             }
             Control::Disconnected(d, conn) => {
@@ -271,6 +283,7 @@ impl State {
                 if let Some(d) = c.driver_id.and_then(|d| self.drivers.get_mut(&d)) {
                     d.order = Some(c.id);
                     d.picked_up = true;
+                    d.fleet_dirty = true;
                 }
             }
             OrderStatus::Delivered | OrderStatus::DeliveryFailed => {

@@ -37,10 +37,14 @@ pub struct OrderChanged {
 #[derive(Debug, Clone, Serialize)]
 pub struct DriverState {
     pub id: DriverId,
+    /// The driver's name (null until the dispatcher has read it).
+    pub name: Option<String>,
     pub lat: Option<f64>,
     pub lng: Option<f64>,
     pub state: &'static str,
     pub order_id: Option<OrderId>,
+    /// While `busy`: `to_shop` (assigned, heading to the shop) or `carrying` (picked up).
+    pub leg: Option<&'static str>,
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -49,6 +53,8 @@ pub(crate) enum Control {
     Connected(DriverId, ConnId),
     Disconnected(DriverId, ConnId),
     Availability(DriverId, bool),
+    /// A driver's name, read after they connected.
+    Named(DriverId, String),
     Assigned {
         order: OrderId,
         driver: DriverId,
@@ -103,6 +109,10 @@ impl DispatchHandle {
 
     pub async fn driver_availability(&self, d: DriverId, available: bool) {
         let _ = self.control.send(Control::Availability(d, available)).await;
+    }
+
+    pub(crate) async fn driver_named(&self, d: DriverId, name: String) {
+        let _ = self.control.send(Control::Named(d, name)).await;
     }
 
     /// Returns false when the location was dropped because the dispatcher is overloaded.

@@ -133,6 +133,6 @@ async fn sign_up(
     ))
 }
 
-async fn me(Auth(actor): Auth) -> impl IntoResponse {
-    Json(json!({"role": actor.role, "subject_id": actor.id}))
+async fn me(State(hub): State<Arc<Hub>>, Auth(actor): Auth) -> Result<impl IntoResponse> {
+    Ok(Json(hub.me(actor).await?))
 }

@@ -2,6 +2,7 @@
 //! HTTP and the service; every decision lives in `service`.
 
 mod accounts;
+mod config;
 pub mod error;
 pub mod extract;
 mod orders;
@@ -34,6 +35,7 @@ pub fn router(
 ) -> Router {
     let api = Router::new()
         .merge(accounts::routes())
+        .merge(config::routes())
         .merge(shops::routes())
         .merge(orders::routes())
         .fallback(|| async { Error::NotFound })

@@ -166,7 +166,11 @@ pub fn otp_params() -> Params {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub role: Role,
-    pub account_id: Uuid,
+    /// The shop id (vendor) or the driver id; a driver may give `phone` instead.
+    #[serde(default)]
+    pub account_id: Option<Uuid>,
+    #[serde(default)]
+    pub phone: Option<String>,
     pub code: String,
 }
 
@@ -234,6 +238,7 @@ impl Hub {
     /// [`super::limiter`]: the account is looked up first (only real accounts have a budget),
     /// then the attempt is registered, then the code is checked on the hashing pool.
     pub async fn login(&self, req: LoginRequest, client: IpAddr) -> Result<TokenResponse> {
+        let req = self.resolve_login(req).await?;
         if !matches!(req.role, Role::Vendor | Role::Driver) {
             return Err(Error::validation("role must be vendor or driver"));
         }

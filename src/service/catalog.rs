@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::Hub;
 use super::auth::new_code;
+use super::login_account::check_driver_phone;
 use crate::domain::{Actor, GeoPoint, Role};
 use crate::error::{Error, Result};
 use crate::store::{accounts, catalog};
@@ -41,6 +42,15 @@ fn yes() -> bool {
     true
 }
 
+/// `GET /api/me`: who the caller is, with the name a page shows for them.
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub role: Role,
+    pub subject_id: Option<Uuid>,
+    /// The shop's name (vendor), the driver's or the buyer's; null for admin.
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Created<T> {
     #[serde(flatten)]
@@ -50,6 +60,15 @@ pub struct Created<T> {
 
 pub fn check_name(name: &str) -> Result<&str> {
     super::text("name", name, 1, 120)
+}
+
+/// Two drivers cannot share a phone number: it is what they sign in with.
+fn phone_taken(e: sqlx::Error) -> Error {
+    if crate::store::is_unique_violation(&e, "drivers_phone_digits_idx") {
+        Error::validation("phone: another driver already has this phone number")
+    } else {
+        e.into()
+    }
 }
 
 fn require_admin(actor: Actor) -> Result<()> {
@@ -96,12 +115,36 @@ impl Hub {
         require_admin(actor)?;
         let name = check_name(&req.name)?;
         let phone = super::text("phone", &req.phone, 0, 32)?;
+        if !phone.is_empty() {
+            check_driver_phone(phone)?;
+        }
         let code = new_code();
         let hash = self.hashing.hash(code.clone(), self.login_params()).await?;
         let expires = self.login_code_expiry();
-        let driver =
-            accounts::insert_driver(&self.db, Uuid::now_v7(), name, phone, &hash, expires).await?;
+        let driver = accounts::insert_driver(&self.db, Uuid::now_v7(), name, phone, &hash, expires)
+            .await
+            .map_err(phone_taken)?;
         Ok((driver, code))
+    }
+
+    /// Gives a driver a phone number to sign in with (used by `seed-demo`).
+    pub async fn set_driver_phone(&self, id: Uuid, phone: &str) -> Result<()> {
+        check_driver_phone(phone)?;
+        accounts::set_driver_phone(&self.db, id, phone)
+            .await
+            .map_err(phone_taken)
+    }
+
+    pub async fn me(&self, actor: Actor) -> Result<Me> {
+        let name = match actor.id {
+            Some(id) => accounts::account_name(&self.db, actor.role, id).await?,
+            None => None,
+        };
+        Ok(Me {
+            role: actor.role,
+            subject_id: actor.id,
+            name,
+        })
     }
 
     /// When a login code issued now expires.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod hashing;
 pub mod limiter;
+pub mod login_account;
 pub mod orders;
 pub mod views;
 

@@ -34,8 +34,16 @@ pub struct OrderView {
     pub id: OrderId,
     pub number: i64,
     pub shop_id: ShopId,
+    /// The names of the shop, the buyer and the driver holding the order, for display: ids
+    /// are for machines, people recognise names.
+    #[serde(default)]
+    pub shop_name: String,
     pub buyer_id: BuyerId,
+    #[serde(default)]
+    pub buyer_name: String,
     pub driver_id: Option<DriverId>,
+    #[serde(default)]
+    pub driver_name: Option<String>,
     pub status: OrderStatus,
     pub version: i32,
     pub items: Vec<OrderItem>,

@@ -125,6 +125,44 @@ pub async fn find_driver_by_name(db: &PgPool, name: &str) -> sqlx::Result<Option
     .await
 }
 
+/// The driver whose phone number has these digits (`digits` as `service::login_account`
+/// normalizes them; the expression matches `drivers_phone_digits_idx`, so it is an index hit).
+pub async fn driver_id_by_phone(db: &PgPool, digits: &str) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM drivers WHERE NULLIF(regexp_replace(phone, '[^0-9]', '', 'g'), '') = $1",
+    )
+    .bind(digits)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn set_driver_phone(db: &PgPool, id: Uuid, phone: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE drivers SET phone = $2 WHERE id = $1")
+        .bind(id)
+        .bind(phone)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn driver_name(db: &PgPool, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT name FROM drivers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The display name of a shop (vendor), driver or buyer.
+pub async fn account_name(db: &PgPool, role: Role, id: Uuid) -> sqlx::Result<Option<String>> {
+    let sql = match role {
+        Role::Vendor => "SELECT name FROM shops WHERE id = $1",
+        Role::Driver => "SELECT name FROM drivers WHERE id = $1",
+        Role::Buyer => "SELECT name FROM buyers WHERE id = $1",
+        Role::Admin | Role::System => return Ok(None),
+    };
+    sqlx::query_scalar(sql).bind(id).fetch_optional(db).await
+}
+
 /// The login-code hash of a vendor's shop or a driver, and when the code expires.
 pub async fn login_code_hash(
     db: &PgPool,

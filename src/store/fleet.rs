@@ -47,9 +47,9 @@ pub async fn declines(db: &PgPool) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
     .await
 }
 
-/// Every driver with the last position the hub persisted.
-pub async fn drivers(db: &PgPool) -> sqlx::Result<Vec<(Uuid, Option<f64>, Option<f64>)>> {
-    sqlx::query_as("SELECT id, last_lat, last_lng FROM drivers")
+/// Every driver with their name and the last position the hub persisted.
+pub async fn drivers(db: &PgPool) -> sqlx::Result<Vec<(Uuid, String, Option<f64>, Option<f64>)>> {
+    sqlx::query_as("SELECT id, name, last_lat, last_lng FROM drivers")
         .fetch_all(db)
         .await
 }

@@ -12,7 +12,10 @@ use crate::service::views::{ActorView, Delivery, EventView, OrderItem, OrderView
 
 const COLS: &str = "id, number, shop_id, buyer_id, driver_id, status, version, items, total_cents,
     delivery_lat, delivery_lng, delivery_address, payment_type, payment_status, otp_hash,
-    otp_failed_attempts, request_hash, created_at, updated_at";
+    otp_failed_attempts, request_hash, created_at, updated_at,
+    (SELECT name FROM shops WHERE shops.id = orders.shop_id) AS shop_name,
+    (SELECT name FROM buyers WHERE buyers.id = orders.buyer_id) AS buyer_name,
+    (SELECT name FROM drivers WHERE drivers.id = orders.driver_id) AS driver_name";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -35,6 +38,9 @@ struct Row {
     request_hash: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    shop_name: Option<String>,
+    buyer_name: Option<String>,
+    driver_name: Option<String>,
 }
 
 /// An order as stored: the client view plus the secrets that never leave the hub.
@@ -56,8 +62,11 @@ impl TryFrom<Row> for OrderRecord {
                 id: OrderId(r.id),
                 number: r.number,
                 shop_id: ShopId(r.shop_id),
+                shop_name: r.shop_name.unwrap_or_default(),
                 buyer_id: BuyerId(r.buyer_id),
+                buyer_name: r.buyer_name.unwrap_or_default(),
                 driver_id: r.driver_id.map(DriverId),
+                driver_name: r.driver_name,
                 status,
                 version: r.version,
                 items: r.items.0,

@@ -1,9 +1,9 @@
-import { api, requireSession, Hub, OrderStore, bindIndicator, exposeDebug, randomId, isActive } from './hub.js';
-import { $, el, money, shortId, time, toast, errorText, setupHeader, statusBadge, sessionEnded, STATUS_LABEL } from './ui.js';
+import { api, requireSession, loadConfig, Hub, OrderStore, bindIndicator, exposeDebug, randomId, isActive } from './hub.js';
+import { $, el, money, moneyEl, nameEl, time, toast, errorText, setupHeader, statusBadge, sessionEnded, STATUS_LABEL } from './ui.js';
 import { offsetM, fmtDistance, validLat, validLng } from './geo.js';
 
 const session = requireSession('buyer');
-if (session) main();
+if (session) loadConfig().finally(main);
 
 /** The status an order has after an event of this kind. */
 const STATUS_AFTER = {
@@ -52,7 +52,7 @@ function main() {
   let tracked = sessionStorage.getItem(K('tracked'));
   let submitting = false;
 
-  setupHeader(session.name ? `${session.name} (buyer)` : `buyer ${shortId(me)}`);
+  setupHeader();
 
   const hub = new Hub({
     token,
@@ -148,7 +148,7 @@ function main() {
       ...active.map((p) =>
         el('li', { class: 'menu-item', testid: 'product-row', dataset: { productId: p.id } },
           el('span', {}, p.name),
-          el('span', { class: 'muted' }, money(p.price_cents)),
+          moneyEl(p.price_cents, { class: 'muted' }),
           el('button', { type: 'button', testid: 'add-to-cart', onclick: () => addToCart(p, 1) }, 'Add')),
       ),
     );
@@ -176,11 +176,13 @@ function main() {
                 el('button', { type: 'button', class: 'mini', 'aria-label': 'one less', onclick: () => addToCart(l.product, -1) }, '−'),
                 el('span', { testid: 'cart-qty' }, String(l.quantity)),
                 el('button', { type: 'button', class: 'mini', 'aria-label': 'one more', onclick: () => addToCart(l.product, 1) }, '+')),
-              el('span', {}, money(l.product.price_cents * l.quantity))))
+              moneyEl(l.product.price_cents * l.quantity)))
         : [el('li', { class: 'empty' }, 'Empty.')]),
     );
     const total = lines.reduce((a, l) => a + l.product.price_cents * l.quantity, 0);
-    $('[data-testid="cart-total"]').textContent = money(total);
+    const totalEl = $('[data-testid="cart-total"]');
+    totalEl.textContent = money(total);
+    totalEl.dataset.cents = String(total);
     renderSubmit();
   }
 
@@ -243,7 +245,9 @@ function main() {
       renderCart();
       store.apply(r.order);
       track(r.order.id);
-      toast(`Order #${r.order.number} placed`, 'success');
+      // The tracking card says it all; on a phone it is further down, so bring it into view.
+      toast(`Order #${r.order.number} placed`, 'success', 1500);
+      $('[data-testid="tracking-panel"]').scrollIntoView({ behavior: 'smooth', block: 'nearest' });
     } catch (e) {
       const retryable = e.status === 0 || e.status >= 500 || e.status === 429;
       if (!retryable) clearPending();
@@ -386,10 +390,10 @@ function main() {
     const otp = sessionStorage.getItem(otpKey(o.id));
     const log = events.get(o.id) || [];
     const assigned = [...log].reverse().find((e) => e.kind === 'assigned');
-    const shopOf = shops.find((s) => s.id === o.shop_id);
+    const shopName = o.shop_name || shops.find((s) => s.id === o.shop_id)?.name || 'Shop';
     const driverInfo = o.driver_id
       ? el('p', { class: 'driver-info', testid: 'driver-info', dataset: { driverId: o.driver_id } },
-          'Driver ', el('code', { title: o.driver_id }, shortId(o.driver_id)),
+          'Driver ', el('strong', {}, nameEl(o.driver_name, o.driver_id, { fallback: 'assigned', testid: 'driver-name' })),
           assigned && assigned.payload && typeof assigned.payload.distance_m === 'number' && assigned.payload.driver_id === o.driver_id
             ? ` · ${fmtDistance(assigned.payload.distance_m)} from the shop when assigned`
             : '')
@@ -398,7 +402,7 @@ function main() {
     panel.replaceChildren(
       el('article', { class: `tracking status-${o.status}`, testid: 'tracking', dataset: { orderId: o.id, status: o.status, version: String(o.version), number: String(o.number) } },
         el('header', {}, el('strong', { class: 'order-number', testid: 'tracking-number' }, `#${o.number}`), statusBadge(o.status), el('span', { class: 'version' }, `v${o.version}`)),
-        el('p', { class: 'muted small' }, `${shopOf ? shopOf.name : 'Shop'} · ${o.items.map((i) => `${i.quantity}× ${i.name}`).join(', ')} · ${money(o.total_cents)} cash`),
+        el('p', { class: 'muted small' }, nameEl(shopName, o.shop_id), ` · ${o.items.map((i) => `${i.quantity}× ${i.name}`).join(', ')} · `, moneyEl(o.total_cents, { testid: 'tracking-total' }), ' cash'),
         otp
           ? el('div', { class: `otp${showOtp ? '' : ' used'}` },
               el('span', {}, showOtp ? 'Give this code to the driver at the door' : 'Delivery code'),
@@ -423,6 +427,7 @@ function main() {
 
   loadShops();
   loadMyOrders();
+  renderCart();
   if (tracked) {
     refreshOrder(tracked);
     fetchEvents(tracked);

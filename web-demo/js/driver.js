@@ -1,10 +1,10 @@
-import { api, requireSession, Hub, OrderStore, bindIndicator, exposeDebug } from './hub.js';
-import { $, el, money, shortId, toast, errorText, setupHeader, statusBadge, sessionEnded } from './ui.js';
+import { api, requireSession, loadConfig, Hub, OrderStore, bindIndicator, exposeDebug } from './hub.js';
+import { $, el, money, moneyEl, nameEl, toast, errorText, setupHeader, statusBadge, sessionEnded } from './ui.js';
 import { haversineM, fmtDistance, offsetM, stepToward, validLat, validLng } from './geo.js';
 import { drawMap } from './map.js';
 
 const session = requireSession('driver');
-if (session) main();
+if (session) loadConfig().finally(main);
 
 function main() {
   const me = session.subject_id;
@@ -17,7 +17,9 @@ function main() {
   const WANDER_M = 6;
 
   let shops = new Map();
-  let desiredAvailable = sessionStorage.getItem(K('available')) === 'true';
+  // A new driver socket is available (docs/protocol.md), and so is this page: signing in
+  // starts the shift until the driver goes off shift.
+  let desiredAvailable = sessionStorage.getItem(K('available')) !== 'false';
   let confirmedAvailable = null;
   let pos = JSON.parse(sessionStorage.getItem(K('position')) || 'null');
   let simulate = sessionStorage.getItem(K('simulate')) === 'true';
@@ -27,14 +29,14 @@ function main() {
   let lastSentAt = null;
   let inFlight = false;
 
-  setupHeader(`driver ${shortId(me)}`);
+  setupHeader();
 
   const hub = new Hub({
     token,
     topics: [`driver:${me}`],
     onMessage,
     onWelcome: () => {
-      // A new driver socket starts available: say what we want after every (re)connect.
+      // Say what we want after every (re)connect (a second socket keeps the current state).
       hub.send({ type: 'availability', available: desiredAvailable });
       sendLocation();
     },
@@ -143,20 +145,36 @@ function main() {
     renderShift();
   });
 
+  /**
+   * What the driver is doing, as the hub sees it: offline (no connection), off shift, free,
+   * on the way to the shop, or carrying the order. A job wins over the shift: a driver who
+   * goes off shift while holding an order still has to deliver it.
+   */
+  function driverStatus() {
+    const job = current();
+    const live = hub.state === 'live';
+    const confirmed = live && confirmedAvailable === desiredAvailable;
+    if (job && job.status === 'picked_up') {
+      return { state: 'carrying', text: `Carrying order #${job.number} to ${job.delivery?.address || 'the buyer'}` };
+    }
+    if (job) return { state: 'to_shop', text: `On the way to ${job.shop_name || shops.get(job.shop_id)?.name || 'the shop'} for order #${job.number}` };
+    if (!live) return { state: 'offline', text: hub.state === 'reconnecting' ? 'Offline — reconnecting…' : 'Offline — connecting…' };
+    if (!confirmed) return { state: 'pending', text: desiredAvailable ? 'Going on shift…' : 'Going off shift…' };
+    if (!desiredAvailable) return { state: 'off_shift', text: 'Off shift — not taking orders' };
+    if (!pos) return { state: 'no_position', text: 'On shift — set a position to get orders' };
+    return { state: 'free', text: 'Free — waiting for an order nearby' };
+  }
+
   function renderShift() {
     const p = $('[data-testid="shift-state"]');
     const btn = $('[data-testid="btn-availability"]');
-    const live = hub.state === 'live';
-    const confirmed = live && confirmedAvailable === desiredAvailable;
-    let text;
-    if (!live) text = desiredAvailable ? 'On shift — waiting for the connection…' : 'Off shift';
-    else if (!confirmed) text = desiredAvailable ? 'Going online…' : 'Going offline…';
-    else if (desiredAvailable) text = pos ? 'Online — available for orders' : 'Online — set a position to get orders';
-    else text = 'Off shift — not taking orders';
+    const confirmed = hub.state === 'live' && confirmedAvailable === desiredAvailable;
+    const { state, text } = driverStatus();
     p.textContent = text;
+    p.dataset.state = state;
     p.dataset.available = confirmed ? String(confirmedAvailable) : 'pending';
-    p.className = `shift-state ${confirmed && confirmedAvailable ? 'on' : 'off'}`;
-    btn.textContent = desiredAvailable ? 'Go offline' : 'Go online';
+    p.className = `shift-state state-${state}`;
+    btn.textContent = desiredAvailable ? 'Go off shift' : 'Go on shift';
     btn.dataset.available = String(desiredAvailable);
     btn.classList.toggle('primary', !desiredAvailable);
   }
@@ -311,12 +329,13 @@ function main() {
       return;
     }
     lastKey = key;
+    renderShift();
     if (!job) {
       panel.replaceChildren(el('p', { class: 'empty', testid: 'no-assignment' }, 'No assignment. Stay online near the shops; the dispatcher sends the nearest free driver.'));
       draw();
       return;
     }
-    const otpInput = el('input', { class: 'otp-input', testid: 'otp-input', inputmode: 'numeric', maxlength: '6', placeholder: '6-digit code from the buyer', autocomplete: 'off' });
+    const otpInput = el('input', { id: 'otp-input', class: 'otp-input', testid: 'otp-input', inputmode: 'numeric', maxlength: '6', placeholder: '6 digits', autocomplete: 'off' });
     otpInput.value = otpDraft.get(job.id) || '';
     otpInput.addEventListener('input', () => otpDraft.set(job.id, otpInput.value));
     const actions =
@@ -326,7 +345,7 @@ function main() {
             el('button', { type: 'button', class: 'danger', testid: 'btn-decline', disabled: inFlight, onclick: () => act(job, 'decline') }, 'Decline'),
           ]
         : [
-            el('label', { class: 'otp-label' }, 'Buyer code', otpInput),
+            el('div', { class: 'otp-field' }, el('label', { for: 'otp-input', class: 'otp-label', testid: 'otp-label' }, "Buyer's code"), otpInput),
             el('button', {
               type: 'button', class: 'primary', testid: 'btn-deliver', disabled: inFlight,
               onclick: () => {
@@ -345,12 +364,12 @@ function main() {
       el('article', { class: `assignment status-${job.status}`, testid: 'assignment', dataset: { orderId: job.id, status: job.status, version: String(job.version), number: String(job.number) } },
         el('header', {}, el('strong', { class: 'order-number' }, `#${job.number}`), statusBadge(job.status), el('span', { class: 'version' }, `v${job.version}`)),
         el('dl', { class: 'facts' },
-          el('dt', {}, 'Shop'), el('dd', {}, shop ? `${shop.name}${shop.address ? ` — ${shop.address}` : ''}` : shortId(job.shop_id)),
+          el('dt', {}, 'Shop'), el('dd', {}, nameEl(`${job.shop_name || shop?.name || ''}${shop?.address ? ` — ${shop.address}` : ''}`, job.shop_id, { fallback: 'the shop' })),
           el('dt', {}, 'Distance to shop'), el('dd', { testid: 'distance-to-shop' }, fmtDistance(toShop)),
           assignedAt !== undefined ? [el('dt', {}, 'When assigned'), el('dd', {}, `${fmtDistance(assignedAt)} from the shop`)] : null,
-          el('dt', {}, 'Deliver to'), el('dd', {}, job.delivery?.address || '—'),
+          el('dt', {}, 'Deliver to'), el('dd', {}, nameEl(job.buyer_name, job.buyer_id, { fallback: 'the buyer' }), ` — ${job.delivery?.address || '—'}`),
           el('dt', {}, 'Distance to drop-off'), el('dd', { testid: 'distance-to-drop' }, fmtDistance(toDrop)),
-          el('dt', {}, 'Collect'), el('dd', {}, `${money(job.total_cents)} cash`)),
+          el('dt', {}, 'Collect'), el('dd', {}, moneyEl(job.total_cents, { testid: 'collect-amount' }), ' in cash')),
         el('ul', { class: 'items' }, job.items.map((i) => el('li', {}, `${i.quantity}× ${i.name}`))),
         el('div', { class: 'actions' }, actions)),
     );
@@ -397,7 +416,7 @@ function main() {
     try {
       const r = await api('GET', '/api/drivers/me/commissions', { token });
       const n = r.commissions.length;
-      $('[data-testid="earnings"]').textContent = `${money(r.total_cents)} from ${n} deliver${n === 1 ? 'y' : 'ies'}`;
+      $('[data-testid="earnings"]').replaceChildren(moneyEl(r.total_cents), ` from ${n} deliver${n === 1 ? 'y' : 'ies'}`);
     } catch {
       $('[data-testid="earnings"]').textContent = '—';
     }
@@ -432,6 +451,7 @@ function main() {
   loadShops();
   loadEarnings();
   setInterval(tick, TICK_MS);
+  window.addEventListener('resize', draw);
   renderShift();
   renderAssignment();
   renderPosition();

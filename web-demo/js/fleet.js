@@ -1,5 +1,5 @@
 import { api, requireSession, Hub, OrderStore, bindIndicator, exposeDebug, isActive } from './hub.js';
-import { $, el, shortId, toast, errorText, setupHeader, STATUS_LABEL, sessionEnded } from './ui.js';
+import { $, el, shortId, uniqueLabels, nameEl, toast, errorText, setupHeader, STATUS_LABEL, sessionEnded } from './ui.js';
 import { haversineM, validLat, validLng } from './geo.js';
 import { drawMap } from './map.js';
 
@@ -23,7 +23,14 @@ function main() {
     onUnauthorized: sessionEnded,
   });
   bindIndicator(hub, $('[data-testid="conn-indicator"]'));
-  exposeDebug(hub, { store, drivers });
+  exposeDebug(hub, {
+    store,
+    drivers,
+    /** The labels the map drew last, by kind: [{id, label}]. */
+    get mapLabels() {
+      return $('[data-testid="fleet-map"]').drawnLabels || null;
+    },
+  });
   hub.start();
 
   loadShops();
@@ -138,19 +145,33 @@ function main() {
     return null; // everything
   }
 
+  /** Every driver's label, unique on this page: the name (plus the id's tail for namesakes). */
+  const driverLabels = () => uniqueLabels([...drivers.values()]);
+
+  /** What a driver is doing, in words: free, to shop, carrying, unavailable, offline. */
+  function doing(d) {
+    if (d.leg === 'carrying') return d.state === 'offline' ? 'offline, carrying' : 'carrying';
+    if (d.leg === 'to_shop') return d.state === 'offline' ? 'offline, to shop' : 'to shop';
+    return d.state;
+  }
+
   function draw() {
     const canvas = $('[data-testid="fleet-map"]');
+    const labels = driverLabels();
     drawMap(canvas, {
       shops,
-      drivers: [...drivers.values()].map((d) => ({ ...d, label: shortId(d.id) })),
+      drivers: [...drivers.values()].map((d) => ({ ...d, label: labels.get(d.id) })),
       orders: store.all().filter((o) => !['delivered', 'rejected', 'cancelled', 'delivery_failed'].includes(o.status) || finishedAt.has(o.id)),
       frame: frame(),
     });
-    const counts = { free: 0, busy: 0, unavailable: 0, offline: 0 };
-    for (const d of drivers.values()) counts[d.state] = (counts[d.state] || 0) + 1;
+    const counts = { free: 0, busy: 0, unavailable: 0, offline: 0, carrying: 0 };
+    for (const d of drivers.values()) {
+      counts[d.state] = (counts[d.state] || 0) + 1;
+      if (d.state === 'busy' && d.leg === 'carrying') counts.carrying += 1;
+    }
     const active = store.all().filter(isActive).length;
     const summary = $('[data-testid="fleet-summary"]');
-    summary.textContent = `${shops.length} shops · ${drivers.size} drivers (${counts.free} free, ${counts.busy} busy, ${counts.unavailable} unavailable, ${counts.offline} offline) · ${active} active orders`;
+    summary.textContent = `${shops.length} shops · ${drivers.size} drivers (${counts.free} free, ${counts.busy - counts.carrying} to shop, ${counts.carrying} carrying, ${counts.unavailable} unavailable, ${counts.offline} offline) · ${active} active orders`;
     Object.assign(summary.dataset, { free: String(counts.free), busy: String(counts.busy), active: String(active) });
   }
 
@@ -164,13 +185,16 @@ function main() {
 
   function renderTables() {
     const dBody = $('[data-testid="fleet-drivers"] tbody');
-    const list = [...drivers.values()].sort((a, b) => (STATE_ORDER[a.state] ?? 9) - (STATE_ORDER[b.state] ?? 9) || a.id.localeCompare(b.id)).slice(0, 60);
+    const labels = driverLabels();
+    const list = [...drivers.values()]
+      .sort((a, b) => (STATE_ORDER[a.state] ?? 9) - (STATE_ORDER[b.state] ?? 9) || labels.get(a.id).localeCompare(labels.get(b.id)))
+      .slice(0, 60);
     dBody.replaceChildren(
       ...list.map((d) =>
-        el('tr', { testid: 'fleet-driver', dataset: { driverId: d.id, state: d.state } },
-          el('td', {}, el('code', { title: d.id }, shortId(d.id))),
-          el('td', {}, el('span', { class: `dot state-${d.state}` }), d.state),
-          el('td', {}, d.order_id ? (store.get(d.order_id) ? `#${store.get(d.order_id).number}` : shortId(d.order_id)) : '—'),
+        el('tr', { testid: 'fleet-driver', dataset: { driverId: d.id, state: d.state, leg: d.leg || '' } },
+          el('td', {}, nameEl(labels.get(d.id), d.id, { testid: 'driver-label' })),
+          el('td', { testid: 'driver-doing' }, el('span', { class: `dot state-${d.state}${d.leg ? ` leg-${d.leg}` : ''}` }), doing(d)),
+          el('td', {}, d.order_id ? nameEl(store.get(d.order_id) ? `#${store.get(d.order_id).number}` : `order ${shortId(d.order_id)}`, d.order_id) : '—'),
           el('td', { class: 'muted' }, ago(d.at)))),
     );
     if (!list.length) dBody.replaceChildren(el('tr', {}, el('td', { colspan: '4', class: 'empty' }, 'No drivers yet')));
@@ -180,20 +204,23 @@ function main() {
     oBody.replaceChildren(
       ...orders.map((o) =>
         el('tr', { testid: 'fleet-order', dataset: { orderId: o.id, status: o.status, version: String(o.version) }, class: isActive(o) ? '' : 'finished' },
-          el('td', {}, `#${o.number}`),
+          el('td', {}, nameEl(`#${o.number}`, o.id)),
           el('td', {}, STATUS_LABEL[o.status] || o.status),
-          el('td', {}, shops.find((s) => s.id === o.shop_id)?.name || shortId(o.shop_id)),
-          el('td', {}, o.driver_id ? el('code', { title: o.driver_id }, shortId(o.driver_id)) : '—'))),
+          el('td', {}, nameEl(o.shop_name || shops.find((s) => s.id === o.shop_id)?.name, o.shop_id, { fallback: 'shop' })),
+          el('td', {}, o.driver_id ? nameEl(labels.get(o.driver_id) || o.driver_name, o.driver_id, { fallback: 'driver' }) : '—'))),
     );
     if (!orders.length) oBody.replaceChildren(el('tr', {}, el('td', { colspan: '4', class: 'empty' }, 'No active orders')));
   }
 
   // ---------------------------------------------------------- accounts
 
-  function remember(kind, name, id, code) {
+  function remember(kind, name, id, code, phone) {
     $('[data-testid="created-accounts"]').prepend(
       el('li', { testid: 'created-account', dataset: { kind, id, code } },
-        el('strong', {}, `${kind} ${name}`), ' id ', el('code', {}, id), ' code ', el('code', {}, code)),
+        el('strong', { title: id }, `${kind} ${name}`),
+        phone ? [' · signs in with ', el('code', {}, phone)] : kind === 'driver' ? ' · no phone: signs in with the id ' : null,
+        kind === 'driver' && !phone ? el('code', {}, id) : null,
+        ' · code ', el('code', {}, code)),
     );
   }
 
@@ -205,7 +232,7 @@ function main() {
     if (v('address')) body.address = v('address');
     try {
       const r = await api('POST', '/api/admin/shops', { token, body });
-      remember('shop', r.shop.name, r.shop.id, r.login_code);
+      remember('shop', r.shop.name, r.shop.id, r.login_code, null);
       f.reset();
       loadShops();
     } catch (e) {
@@ -221,7 +248,7 @@ function main() {
     if (phone) body.phone = phone;
     try {
       const r = await api('POST', '/api/admin/drivers', { token, body });
-      remember('driver', r.driver.name, r.driver.id, r.login_code);
+      remember('driver', r.driver.name, r.driver.id, r.login_code, r.driver.phone);
       f.reset();
     } catch (e) {
       toast(errorText(e), 'error');

@@ -94,6 +94,36 @@ export async function api(method, path, { token, body, headers = {} } = {}) {
   return data;
 }
 
+// ---------------------------------------------------------------- hub settings
+
+const CONFIG_KEY = 'dispatchHub.config';
+
+function cachedConfig() {
+  try {
+    return JSON.parse(localStorage.getItem(CONFIG_KEY)) || {};
+  } catch {
+    return {};
+  }
+}
+
+/** The hub's public settings (`GET /api/config`), e.g. `currency`; read by `loadConfig()`. */
+export let hubConfig = cachedConfig();
+
+/**
+ * Reads `GET /api/config` (and remembers it, so a page opened while the hub is unreachable
+ * still shows amounts in the last known currency). Resolves within `timeoutMs` either way.
+ */
+export async function loadConfig(timeoutMs = 3000) {
+  const read = api('GET', '/api/config').then((c) => {
+    if (c && typeof c === 'object') {
+      hubConfig = c;
+      localStorage.setItem(CONFIG_KEY, JSON.stringify(c));
+    }
+  });
+  await Promise.race([read.catch(() => {}), new Promise((r) => setTimeout(r, timeoutMs))]);
+  return hubConfig;
+}
+
 /** A random id usable as an Idempotency-Key, also outside secure contexts. */
 export function randomId() {
   if (globalThis.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();

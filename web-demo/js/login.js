@@ -27,7 +27,7 @@ if (existing && existing.token) {
   p.hidden = false;
   p.append(
     'Signed in as ',
-    el('strong', {}, existing.role),
+    el('strong', {}, existing.name ? `${existing.name} (${existing.role})` : existing.role),
     '. ',
     el('a', { href: pageFor(existing.role) }, 'Continue →'),
     ' ',
@@ -57,6 +57,11 @@ function busy(form, on) {
   for (const c of form.querySelectorAll('button, input, select')) c.disabled = on;
 }
 
+const MISMATCH = {
+  vendor: 'That shop and code do not match.',
+  driver: 'That phone number and code do not match.',
+};
+
 async function submit(form, work) {
   errorBox.textContent = '';
   busy(form, true);
@@ -65,7 +70,7 @@ async function submit(form, work) {
     setSession(session);
     location.href = pageFor(session.role);
   } catch (e) {
-    errorBox.textContent = e.status === 401 ? 'That id and code do not match.' : errorText(e);
+    errorBox.textContent = e.status === 401 && MISMATCH[form.dataset.form] ? MISMATCH[form.dataset.form] : errorText(e);
   } finally {
     busy(form, false);
   }
@@ -73,31 +78,41 @@ async function submit(form, work) {
 
 const form = (role) => $(`[data-form="${role}"]`);
 
+/** Logs in and names the session after the account (`GET /api/me`), for the page header. */
+async function login(body) {
+  const r = await api('POST', '/api/auth/login', { body });
+  let name = null;
+  try {
+    ({ name } = await api('GET', '/api/me', { token: r.token }));
+  } catch {
+    /* the header falls back to the role */
+  }
+  return { token: r.token, role: r.role, subject_id: r.subject_id, expires_at: r.expires_at, name };
+}
+
 form('vendor').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const f = ev.currentTarget;
   const shopId = f.elements.namedItem('shop').value;
-  const shopName = f.elements.namedItem('shop').selectedOptions[0]?.textContent || '';
   const code = f.elements.namedItem('code').value.trim();
-  submit(f, async () => {
-    const r = await api('POST', '/api/auth/login', { body: { role: 'vendor', account_id: shopId, code } });
-    return { token: r.token, role: r.role, subject_id: r.subject_id, expires_at: r.expires_at, name: shopName };
-  });
+  submit(f, () => login({ role: 'vendor', account_id: shopId, code }));
 });
 
-// Links can prefill ids: index.html?driver=<id>#driver, index.html?shop=<id>#vendor
-const wantDriver = new URLSearchParams(location.search).get('driver');
-if (wantDriver) form('driver').elements.namedItem('driver').value = wantDriver;
+// Links can prefill the sign-in: index.html?phone=<number>#driver, index.html?shop=<id>#vendor
+// (and, as before, ?driver=<id>#driver: the field takes a driver id too).
+const params = new URLSearchParams(location.search);
+const wantDriver = params.get('phone') || params.get('driver');
+if (wantDriver) form('driver').elements.namedItem('phone').value = wantDriver;
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 form('driver').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const f = ev.currentTarget;
-  const id = f.elements.namedItem('driver').value.trim();
+  const who = f.elements.namedItem('phone').value.trim();
   const code = f.elements.namedItem('code').value.trim();
-  submit(f, async () => {
-    const r = await api('POST', '/api/auth/login', { body: { role: 'driver', account_id: id, code } });
-    return { token: r.token, role: r.role, subject_id: r.subject_id, expires_at: r.expires_at };
-  });
+  const account = UUID.test(who) ? { account_id: who } : { phone: who };
+  submit(f, () => login({ role: 'driver', ...account, code }));
 });
 
 form('buyer').addEventListener('submit', (ev) => {

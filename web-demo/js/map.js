@@ -6,6 +6,7 @@ import { Projection, fmtDistance, validLat, validLng } from './geo.js';
 export const DRIVER_COLORS = {
   free: '#16a34a',
   busy: '#ea580c',
+  carrying: '#0891b2',
   unavailable: '#64748b',
   offline: '#cbd5e1',
   me: '#2563eb',
@@ -30,11 +31,17 @@ function fit(canvas) {
 }
 
 /**
- * scene = {shops: [{id, name, lat, lng}], drivers: [{id, lat, lng, state, label?}],
+ * scene = {shops: [{id, name, lat, lng}], drivers: [{id, lat, lng, state, leg?, label?}],
  *          orders: [Order], frame?: [{lat, lng}] (what to fit; defaults to everything)}
+ *
+ * Labels are nudged up or down so that they do not overlap; what was drawn is left on
+ * `canvas.drawnLabels` ({shops, drivers, orders}: [{id, label}]) for tests.
  */
 export function drawMap(canvas, scene) {
   const { ctx, w, h } = fit(canvas);
+  const placed = []; // label boxes drawn so far
+  const drawn = { shops: [], drivers: [], orders: [] };
+  const label = (text, x, y, color, bold = false) => placeLabel(ctx, placed, text, x, y, color, bold);
   const shops = (scene.shops || []).filter(hasPos);
   const drivers = (scene.drivers || []).filter(hasPos);
   const orders = scene.orders || [];
@@ -94,7 +101,8 @@ export function drawMap(canvas, scene) {
       ctx.lineTo(p.x - 6, p.y);
       ctx.closePath();
       ctx.fill();
-      label(ctx, `#${o.number}`, p.x + 8, p.y + 4, DROP_COLOR);
+      label(`#${o.number}`, p.x + 8, p.y + 4, DROP_COLOR);
+      drawn.orders.push({ id: o.id, label: `#${o.number}` });
     }
   }
 
@@ -105,13 +113,15 @@ export function drawMap(canvas, scene) {
     ctx.fillRect(p.x - 7, p.y - 7, 14, 14);
     ctx.fillStyle = '#fff';
     ctx.fillRect(p.x - 3, p.y - 3, 6, 6);
-    label(ctx, s.name, p.x + 10, p.y - 6, SHOP_COLOR, true);
+    label(s.name, p.x + 10, p.y - 6, SHOP_COLOR, true);
+    drawn.shops.push({ id: s.id, label: s.name });
   }
 
   // drivers on top
   for (const d of drivers) {
     const p = P(d);
-    const color = d.me ? DRIVER_COLORS.me : DRIVER_COLORS[d.state] || DRIVER_COLORS.offline;
+    const shade = d.state === 'busy' && d.leg === 'carrying' ? 'carrying' : d.state;
+    const color = d.me ? DRIVER_COLORS.me : DRIVER_COLORS[shade] || DRIVER_COLORS.offline;
     ctx.beginPath();
     ctx.arc(p.x, p.y, d.me ? 8 : 7, 0, Math.PI * 2);
     ctx.fillStyle = color;
@@ -119,7 +129,10 @@ export function drawMap(canvas, scene) {
     ctx.lineWidth = 2;
     ctx.strokeStyle = d.state === 'offline' ? '#64748b' : '#fff';
     ctx.stroke();
-    if (d.label) label(ctx, d.label, p.x + 10, p.y + 14, '#334155');
+    if (d.label) {
+      label(d.label, p.x + 10, p.y + 14, '#334155');
+      drawn.drivers.push({ id: d.id, label: d.label });
+    }
   }
 
   // scale bar
@@ -129,7 +142,8 @@ export function drawMap(canvas, scene) {
   const px = nice / mpp;
   ctx.fillStyle = '#334155';
   ctx.fillRect(12, h - 14, px, 3);
-  label(ctx, fmtDistance(nice), 12, h - 20, '#334155');
+  drawLabel(ctx, fmtDistance(nice), 12, h - 20, '#334155');
+  canvas.drawnLabels = drawn;
   return proj;
 }
 
@@ -141,9 +155,27 @@ function line(ctx, a, b, width) {
   ctx.stroke();
 }
 
-function label(ctx, text, x, y, color, bold = false) {
+const LINE = 14;
+
+/** Draws a label at the first of y, y+14, y−14, y+28, … where it overlaps no label drawn before. */
+function placeLabel(ctx, placed, text, x, y, color, bold) {
   if (!text) return;
+  setFont(ctx, bold);
+  const width = ctx.measureText(text).width;
+  const overlaps = (top) => placed.some((b) => x < b.x + b.w && b.x < x + width && top < b.y + LINE && b.y < top + LINE);
+  let at = y;
+  for (let i = 1; i <= 8 && overlaps(at - LINE + 3); i += 1) at = y + (i % 2 ? 1 : -1) * Math.ceil(i / 2) * LINE;
+  placed.push({ x, y: at - LINE + 3, w: width });
+  drawLabel(ctx, text, x, at, color, bold);
+}
+
+function setFont(ctx, bold) {
   ctx.font = `${bold ? '600 ' : ''}12px system-ui, -apple-system, "Segoe UI", sans-serif`;
+}
+
+function drawLabel(ctx, text, x, y, color, bold = false) {
+  if (!text) return;
+  setFont(ctx, bold);
   ctx.lineWidth = 3;
   ctx.strokeStyle = 'rgba(248,250,252,0.9)';
   ctx.strokeText(text, x, y);

@@ -1,6 +1,6 @@
 // Small DOM and formatting helpers shared by the pages.
 
-import { getSession, clearSession, logout } from './hub.js';
+import { api, getSession, setSession, clearSession, logout, hubConfig } from './hub.js';
 
 /** el('div', {class: 'x', dataset: {testid: 'y'}, onclick}, child, 'text', …) */
 export function el(tag, attrs = {}, ...children) {
@@ -24,12 +24,62 @@ export function el(tag, attrs = {}, ...children) {
 
 export const $ = (sel, root = document) => root.querySelector(sel);
 
+const moneyFormats = new Map(); // currency -> Intl.NumberFormat (or null if unknown)
+
+/**
+ * An amount of `cents` (hundredths of the hub's currency, `GET /api/config`) as the browser
+ * writes money in its locale, e.g. "€3.50" or "3,50 €". Always two decimals: that is what
+ * the hub stores, whatever the currency.
+ */
 export function money(cents) {
-  return (Number(cents || 0) / 100).toFixed(2);
+  const amount = Number(cents || 0) / 100;
+  const currency = hubConfig.currency;
+  if (!currency) return amount.toFixed(2);
+  if (!moneyFormats.has(currency)) {
+    let f = null;
+    try {
+      f = new Intl.NumberFormat(undefined, { style: 'currency', currency, minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    } catch {
+      /* a code this browser does not know: written out below */
+    }
+    moneyFormats.set(currency, f);
+  }
+  const f = moneyFormats.get(currency);
+  return f ? f.format(amount) : `${amount.toFixed(2)} ${currency}`;
 }
 
+/** An amount as an element (class `money`, `data-cents`), for tests and styling. */
+export function moneyEl(cents, attrs = {}) {
+  return el('span', { ...attrs, class: `money${attrs.class ? ` ${attrs.class}` : ''}`, dataset: { ...(attrs.dataset || {}), cents: String(cents) } }, money(cents));
+}
+
+/**
+ * A short stand-in for an id nobody has named: its random tail. UUIDv7 ids *start* with a
+ * millisecond timestamp, so their first digits are the same for everything created within
+ * a minute; the last digits are random.
+ */
 export function shortId(id) {
-  return id ? `${String(id).slice(0, 8)}…` : '—';
+  return id ? `…${String(id).slice(-6)}` : '—';
+}
+
+/**
+ * Labels for a set of named things that are unique on the screen: the name, and where two
+ * share a name, the name plus the id's random tail. `items` = [{id, name}].
+ */
+export function uniqueLabels(items, fallback = 'driver') {
+  const count = new Map();
+  for (const i of items) if (i.name) count.set(i.name, (count.get(i.name) || 0) + 1);
+  const labels = new Map();
+  for (const i of items) {
+    if (!i.name) labels.set(i.id, `${fallback} ${shortId(i.id)}`);
+    else labels.set(i.id, count.get(i.name) > 1 ? `${i.name} (${String(i.id).slice(-4)})` : i.name);
+  }
+  return labels;
+}
+
+/** A name (or `fallback`) with the full id on hover. */
+export function nameEl(name, id, { fallback, testid, tag = 'span' } = {}) {
+  return el(tag, { title: id || undefined, testid, class: 'name', dataset: id ? { id } : undefined }, name || fallback || shortId(id));
 }
 
 export function time(iso) {
@@ -62,12 +112,18 @@ export function toast(message, kind = 'info', ms = 5000) {
     toastBox = el('div', { class: 'toasts', 'aria-live': 'polite' });
     document.body.append(toastBox);
   }
-  const t = el('div', { class: `toast toast-${kind}`, testid: 'toast', role: kind === 'error' ? 'alert' : 'status' }, message);
+  const t = el('div', { class: `toast toast-${kind}`, testid: 'toast', role: kind === 'error' ? 'alert' : 'status', title: 'Click to dismiss' }, message);
   toastBox.append(t);
-  setTimeout(() => {
+  const dismiss = () => {
     t.classList.add('toast-out');
     setTimeout(() => t.remove(), 400);
-  }, ms);
+  };
+  const timer = setTimeout(dismiss, ms);
+  t.addEventListener('click', (ev) => {
+    if (ev.target.closest('a')) return;
+    clearTimeout(timer);
+    dismiss();
+  });
   return t;
 }
 
@@ -90,11 +146,24 @@ export function errorText(e) {
   return e.message || e.code || 'Something went wrong';
 }
 
-/** Fills the page header's "who" label and wires the sign-out button. */
+/** Fills the page header's "who" label (the session's name, the full id on hover) and wires the sign-out button. */
 export function setupHeader(label) {
   const s = getSession();
   const who = $('[data-testid="whoami"]');
-  if (who && s) who.textContent = label || `${s.role}${s.subject_id ? ` ${shortId(s.subject_id)}` : ''}`;
+  if (who && s) {
+    who.textContent = label || (s.name ? `${s.name} (${s.role})` : s.role);
+    if (s.subject_id) who.title = `${s.role} ${s.subject_id}`;
+    // A session from before names were kept: ask the hub once.
+    if (!label && !s.name && s.role !== 'admin') {
+      api('GET', '/api/me', { token: s.token })
+        .then((me) => {
+          if (!me || !me.name) return;
+          setSession({ ...s, name: me.name });
+          who.textContent = `${me.name} (${s.role})`;
+        })
+        .catch(() => {});
+    }
+  }
   const btn = $('[data-testid="logout"]');
   if (btn) btn.addEventListener('click', () => logout());
 }

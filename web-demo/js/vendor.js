@@ -1,9 +1,9 @@
-import { api, requireSession, Hub, OrderStore, bindIndicator, exposeDebug, isActive } from './hub.js';
-import { $, el, money, shortId, time, toast, errorText, setupHeader, statusBadge, sessionEnded } from './ui.js';
+import { api, requireSession, loadConfig, hubConfig, Hub, OrderStore, bindIndicator, exposeDebug, isActive } from './hub.js';
+import { $, el, money, moneyEl, nameEl, time, toast, errorText, setupHeader, statusBadge, sessionEnded } from './ui.js';
 import { haversineM, fmtDistance } from './geo.js';
 
 const session = requireSession('vendor');
-if (session) main();
+if (session) loadConfig().finally(main);
 
 function main() {
   const shopId = session.subject_id;
@@ -13,7 +13,8 @@ function main() {
   let shop = null;
   let firstSnapshot = true;
 
-  setupHeader(`vendor ${shortId(shopId)}`);
+  setupHeader();
+  if (hubConfig.currency) $('[data-testid="product-price"]').placeholder = `Price in ${hubConfig.currency}`;
 
   const hub = new Hub({
     token,
@@ -32,7 +33,8 @@ function main() {
     try {
       const { shops } = await api('GET', '/api/shops');
       shop = shops.find((s) => s.id === shopId) || null;
-      $('[data-testid="shop-name"]').textContent = shop ? shop.name : shortId(shopId);
+      $('[data-testid="shop-name"]').textContent = shop ? shop.name : session.name || 'your shop';
+      $('[data-testid="shop-name"]').title = shopId;
       document.title = `dispatch-hub — ${shop ? shop.name : 'shop'}`;
       render();
     } catch {
@@ -182,11 +184,12 @@ function main() {
       },
       el('header', {}, el('strong', { class: 'order-number', testid: 'order-number' }, `#${o.number}`), statusBadge(o.status),
         el('span', { class: 'version', testid: 'order-version', title: 'order version' }, `v${o.version}`)),
-      el('ul', { class: 'items' }, o.items.map((i) => el('li', {}, el('span', {}, `${i.quantity}× ${i.name}`), el('span', {}, money(i.unit_price_cents * i.quantity))))),
-      el('div', { class: 'total' }, el('span', {}, 'Total'), el('strong', { testid: 'order-total' }, money(o.total_cents))),
+      el('ul', { class: 'items' }, o.items.map((i) => el('li', {}, el('span', {}, `${i.quantity}× ${i.name}`), moneyEl(i.unit_price_cents * i.quantity)))),
+      el('div', { class: 'total' }, el('span', {}, 'Total'), el('strong', {}, moneyEl(o.total_cents, { testid: 'order-total' }))),
       el('div', { class: 'meta' },
+        el('div', { testid: 'order-buyer' }, 'For: ', nameEl(o.buyer_name, o.buyer_id, { fallback: 'a buyer' })),
         el('div', {}, `To: ${o.delivery?.address || '—'}${dist ? ` (${dist})` : ''}`),
-        el('div', { testid: 'order-driver' }, `Driver: ${o.driver_id ? shortId(o.driver_id) : '—'}`),
+        el('div', { testid: 'order-driver' }, 'Driver: ', o.driver_id ? nameEl(o.driver_name, o.driver_id, { fallback: 'assigned' }) : '—'),
         el('div', { class: 'muted' }, `Placed ${time(o.created_at)} · cash on delivery (${o.payment?.status || 'pending'})`)),
       actions.length ? el('div', { class: 'actions' }, actions) : null,
     );
@@ -200,7 +203,7 @@ function main() {
       const { products } = await api('GET', `/api/shops/${shopId}/products`);
       list.replaceChildren(
         ...(products.length
-          ? products.map((p) => el('li', { testid: 'product', dataset: { productId: p.id } }, el('span', {}, p.name), el('span', { class: 'muted' }, money(p.price_cents))))
+          ? products.map((p) => el('li', { testid: 'product', dataset: { productId: p.id } }, el('span', {}, p.name), moneyEl(p.price_cents, { class: 'muted' })))
           : [el('li', { class: 'empty' }, 'No products yet — add the first one.')]),
       );
     } catch (e) {

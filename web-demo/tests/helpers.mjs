@@ -37,7 +37,8 @@ export function launch() {
  * errors are collected in `page.pageErrors` so a test can assert there were none.
  */
 export async function openPage(browser, label) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+  // A fixed locale, so that amounts are written the same way on every machine ("€3.50").
+  const context = await browser.newContext({ viewport: DESKTOP, locale: 'en-US' });
   const page = await context.newPage();
   page.label = label;
   page.pageErrors = [];
@@ -69,6 +70,55 @@ export async function withFailureArtifacts(name, browser, fn) {
 export async function shot(page, name) {
   await mkdir(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+export const DESKTOP = { width: 1366, height: 900 };
+export const PHONE = { width: 390, height: 844 };
+
+/**
+ * Screenshots `page` at a phone's width (`<name>-390.png`) and at the desktop width
+ * (`<name>-1366.png`), and returns how far the page overflows the phone's width (0 when
+ * nothing sticks out sideways).
+ */
+export async function shotBoth(page, name) {
+  await page.setViewportSize(PHONE);
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await shot(page, `${name}-390`);
+  await page.setViewportSize(DESKTOP);
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  await shot(page, `${name}-1366`);
+  return overflow;
+}
+
+/**
+ * Every amount on the page: the text of each `.money` element, and any other number written
+ * like money (digits, a point, two decimals — distances in km excepted) that has no currency
+ * symbol next to it. `symbol` is how the browser writes the hub's currency.
+ */
+export async function amounts(page) {
+  return page.evaluate(async () => {
+    const { currency } = await (await fetch('/api/config')).json();
+    const symbol = new Intl.NumberFormat(undefined, { style: 'currency', currency }).formatToParts(0).find((p) => p.type === 'currency').value;
+    const tagged = [...document.querySelectorAll('.money')].filter((e) => e.offsetParent !== null || e.getClientRects().length).map((e) => e.textContent.trim());
+    const text = document.body.innerText;
+    const bare = [];
+    for (const m of text.matchAll(/\d[\d,]*\.\d{2}(?!\d)(?!\s?km)/g)) {
+      const before = text.slice(Math.max(0, m.index - symbol.length - 1), m.index);
+      const after = text.slice(m.index + m[0].length, m.index + m[0].length + symbol.length + 1);
+      if (!before.includes(symbol) && !after.includes(symbol)) bare.push(text.slice(Math.max(0, m.index - 20), m.index + m[0].length + 10));
+    }
+    return { currency, symbol, tagged, bare };
+  });
+}
+
+/** Asserts that the page shows at least `min` amounts and that every one carries the currency. */
+export async function assertAmountsCarryCurrency(page, assert, min = 1) {
+  const a = await amounts(page);
+  assert.ok(a.tagged.length >= min, `${page.label}: expected at least ${min} amounts, found ${a.tagged.length}`);
+  for (const t of a.tagged) assert.ok(t.includes(a.symbol), `${page.label}: amount "${t}" has no ${a.currency} (${a.symbol})`);
+  assert.deepEqual(a.bare, [], `${page.label}: amounts without a currency`);
+  return a;
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -128,6 +178,17 @@ export function waitConn(page, state, timeout = 20_000) {
   return page.waitForSelector(`${tid('conn-indicator')}[data-state="${state}"]`, { timeout });
 }
 
+/** A phone number no other test uses (drivers' numbers are unique hub-wide). */
+export function randomPhone() {
+  return `+1 555 ${String(Math.floor(Math.random() * 1e7)).padStart(7, '0')}`;
+}
+
+/** Admin creates a driver with a fresh phone number; returns {driver, code, phone}. */
+export async function createDriver(name, phone = randomPhone()) {
+  const r = await rest('POST', '/api/admin/drivers', { token: ADMIN, body: { name, phone }, expect: 201 });
+  return { driver: r.driver, code: r.login_code, phone };
+}
+
 /** Signs in through the login page. */
 export async function signIn(page, role, fields) {
   await page.goto(`${HUB_URL}/index.html#${role}`);
@@ -138,7 +199,7 @@ export async function signIn(page, role, fields) {
     await page.click(tid('vendor-login'));
     await page.waitForURL(/vendor\.html/);
   } else if (role === 'driver') {
-    await page.fill(tid('driver-id'), fields.driverId);
+    await page.fill(tid('driver-phone'), fields.phone || fields.driverId);
     await page.fill(tid('driver-code'), fields.code);
     await page.click(tid('driver-login'));
     await page.waitForURL(/driver\.html/);

@@ -137,6 +137,18 @@ impl State {
         });
     }
 
+    /// Reads the name of a driver the dispatcher met only now (created after it started).
+    pub(super) fn spawn_name_lookup(&self, driver: DriverId) {
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            match store::accounts::driver_name(&hub.db, driver.0).await {
+                Ok(Some(name)) => hub.dispatch.driver_named(driver, name).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, %driver, "could not read a driver's name"),
+            }
+        });
+    }
+
     pub(super) fn driver_state(&self, id: DriverId, d: &Driver, now: Instant) -> DriverState {
         let state = if !self.is_online(d, now) {
             "offline"
@@ -147,12 +159,20 @@ impl State {
         } else {
             "free"
         };
+        // The job's leg holds whether or not the driver is online right now.
+        let leg = match (d.order, d.reserved) {
+            (Some(_), _) if d.picked_up => Some("carrying"),
+            (Some(_), _) | (None, Some(_)) => Some("to_shop"),
+            (None, None) => None,
+        };
         DriverState {
             id,
+            name: d.name.clone(),
             lat: d.pos.map(|p| p.lat),
             lng: d.pos.map(|p| p.lng),
             state,
             order_id: d.order.or(d.reserved),
+            leg,
             at: Utc::now(),
         }
     }

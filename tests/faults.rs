@@ -112,3 +112,94 @@ async fn an_administrator_shutdown_of_the_connection_is_an_outage_not_a_bug(db: 
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_json().await.unwrap()["type"], "pong");
 }
+
+#[sqlx::test]
+async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
+    use common::ADMIN;
+    let hub = TestHub::start(db).await;
+    let mut p = hub.party().await;
+    let mut vendor_ws = hub.socket(&p.vendor).await;
+    vendor_ws.subscribe(&format!("shop:{}", p.shop)).await;
+
+    // A picked-up order whose driver is lost goes back to dispatch…
+    let (id, _) = hub.assigned_order(&p).await;
+    let (s, _) = hub
+        .transition(&p.driver_token, &id, "pick_up", 4, None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = hub.transition(ADMIN, &id, "unassign", 5, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("validation_failed")),
+        "a reason is required"
+    );
+    let body = json!({"action": "unassign", "expected_version": 5, "reason": "driver unreachable"});
+    let o = hub
+        .ok(
+            "POST",
+            &format!("/api/orders/{id}/transitions"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        (o["status"].as_str(), o["version"].as_i64()),
+        (Some("ready"), Some(6))
+    );
+    let ev = vendor_ws
+        .until("unassigned", |v| v["event"]["kind"] == "unassigned")
+        .await;
+    assert_eq!(ev["event"]["payload"]["reason"], "driver unreachable");
+    // …and the dispatcher assigns it again (the only driver is free once more).
+    hub.wait_status(&p.vendor, &id, "assigned").await;
+
+    // An assigned order can be failed by the admin; the driver is freed.
+    let body = json!({"action": "fail_delivery", "expected_version": 7, "reason": "shop closed"});
+    let o = hub
+        .ok(
+            "POST",
+            &format!("/api/orders/{id}/transitions"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(o["status"], "delivery_failed");
+
+    // A picked-up order can be cancelled by the admin; the driver takes the next order.
+    let (id2, _) = hub.assigned_order(&p).await;
+    let (s, _) = hub
+        .transition(&p.driver_token, &id2, "pick_up", 4, None)
+        .await;
+    assert_eq!(s, 200);
+    let body = json!({"action": "cancel", "expected_version": 5, "reason": "buyer called it off"});
+    let o = hub
+        .ok(
+            "POST",
+            &format!("/api/orders/{id2}/transitions"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        (o["status"].as_str(), o["driver_id"].as_str()),
+        (Some("cancelled"), None)
+    );
+    let (id3, _) = hub.assigned_order(&p).await;
+    let o = hub.wait_status(&p.vendor, &id3, "assigned").await;
+    assert_eq!(o["driver_id"].as_str(), Some(p.driver.as_str()));
+    // Final orders stay final.
+    let body = json!({"action": "cancel", "expected_version": 8, "reason": "again"});
+    let (s, v) = hub
+        .call(
+            "POST",
+            &format!("/api/orders/{id}/transitions"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("invalid_transition"))
+    );
+    p.driver_ws.seen.clear();
+}

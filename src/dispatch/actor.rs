@@ -297,6 +297,10 @@ impl State {
             | OrderStatus::Rejected
             | OrderStatus::Cancelled => {
                 self.declined.remove(&c.id);
+                // An admin may cancel an order a driver holds: the driver is free again.
+                if let Some(prev) = c.previous_driver {
+                    self.release(prev, c.id);
+                }
             }
         }
     }

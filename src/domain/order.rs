@@ -280,8 +280,10 @@ pub fn plan(
     let allowed = match action {
         Accept | Reject | MarkReady => is_vendor,
         Cancel => is_vendor || is_buyer || is_system || is_admin,
-        Assign | Unassign | ReportDriverLost => is_system,
-        Decline | PickUp | Deliver | FailDelivery => is_driver,
+        Assign | ReportDriverLost => is_system,
+        Unassign => is_system || is_admin,
+        Decline | PickUp | Deliver => is_driver,
+        FailDelivery => is_driver || is_admin,
     };
     if !allowed {
         return Err(TransitionError::Forbidden {
@@ -294,6 +296,17 @@ pub fn plan(
         (Pending, Accept) => (Accepted, EventKind::Accepted, DriverChange::Keep),
         (Pending, Reject) => (Rejected, EventKind::Rejected, DriverChange::Keep),
         (Pending | Accepted, Cancel) => (Cancelled, EventKind::Cancelled, DriverChange::Keep),
+        // The admin's exits: every non-final order can be cancelled or failed, and an order
+        // whose driver is gone can go back to dispatch.
+        (Ready | Assigned | PickedUp, Cancel) if is_admin => {
+            (Cancelled, EventKind::Cancelled, DriverChange::Clear)
+        }
+        (Assigned, FailDelivery) if is_admin => (
+            DeliveryFailed,
+            EventKind::DeliveryFailed,
+            DriverChange::Keep,
+        ),
+        (PickedUp, Unassign) if is_admin => (Ready, EventKind::Unassigned, DriverChange::Clear),
         (Accepted, MarkReady) => (Ready, EventKind::Ready, DriverChange::Keep),
         (Ready, Assign) => {
             let d = assign_to.ok_or(TransitionError::MissingDriver)?;

@@ -260,6 +260,17 @@ impl Hub {
         if let Some(r) = &req.reason {
             super::text("reason", r, 0, 300)?;
         }
+        // The admin's interventions are recorded with why (the event's payload carries it).
+        let admin_exit = matches!(
+            req.action,
+            Action::Cancel | Action::FailDelivery | Action::Unassign
+        );
+        if actor.role == crate::domain::Role::Admin
+            && admin_exit
+            && req.reason.as_deref().is_none_or(|r| r.trim().is_empty())
+        {
+            return Err(Error::validation("an admin must give a reason"));
+        }
         let _guard = self.lock_order(id).await;
         let rec = store::get(&self.db, id).await?.ok_or(Error::NotFound)?;
         if !visible(actor, &rec.view) {

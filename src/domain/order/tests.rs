@@ -36,10 +36,20 @@ fn stranger(role: Role) -> Actor {
 }
 const NEW_DRIVER: DriverId = DriverId(Uuid::from_u128(3));
 
-/// The whole legal table: (from, action) → (to, kind). Everything else is invalid.
-fn legal(from: OrderStatus, action: Action) -> Option<(OrderStatus, EventKind)> {
+/// The whole legal table: (from, action, actor) → (to, kind). Everything else is invalid.
+fn legal(from: OrderStatus, action: Action, actor: Actor) -> Option<(OrderStatus, EventKind)> {
     use Action::*;
     use OrderStatus::*;
+    if actor == Actor::ADMIN {
+        match (from, action) {
+            (Ready | Assigned | PickedUp, Cancel) => {
+                return Some((Cancelled, EventKind::Cancelled));
+            }
+            (Assigned, FailDelivery) => return Some((DeliveryFailed, EventKind::DeliveryFailed)),
+            (PickedUp, Unassign) => return Some((Ready, EventKind::Unassigned)),
+            _ => {}
+        }
+    }
     Some(match (from, action) {
         (Pending, Accept) => (Accepted, EventKind::Accepted),
         (Pending, Reject) => (Rejected, EventKind::Rejected),
@@ -62,8 +72,10 @@ fn rightful(action: Action) -> Vec<Actor> {
     match action {
         Accept | Reject | MarkReady => vec![vendor()],
         Cancel => vec![vendor(), buyer(), Actor::SYSTEM, Actor::ADMIN],
-        Assign | Unassign | ReportDriverLost => vec![Actor::SYSTEM],
-        Decline | PickUp | Deliver | FailDelivery => vec![driver()],
+        Assign | ReportDriverLost => vec![Actor::SYSTEM],
+        Unassign => vec![Actor::SYSTEM, Actor::ADMIN],
+        Decline | PickUp | Deliver => vec![driver()],
+        FailDelivery => vec![driver(), Actor::ADMIN],
     }
 }
 
@@ -73,7 +85,7 @@ fn every_status_action_pair_matches_the_table() {
         for action in Action::ALL {
             for actor in rightful(action) {
                 let got = plan(from, action, actor, parties(true), Some(NEW_DRIVER));
-                match legal(from, action) {
+                match legal(from, action, actor) {
                     Some((to, kind)) => {
                         let p =
                             got.unwrap_or_else(|e| panic!("{from:?} {action:?} {actor:?}: {e}"));
@@ -159,7 +171,10 @@ fn driver_changes_follow_the_status() {
 fn final_statuses_have_no_way_out() {
     for from in OrderStatus::ALL.into_iter().filter(|s| s.is_final()) {
         for action in Action::ALL {
-            assert!(legal(from, action).is_none());
+            for actor in [vendor(), buyer(), driver(), Actor::SYSTEM, Actor::ADMIN] {
+                assert!(legal(from, action, actor).is_none());
+                assert!(plan(from, action, actor, parties(true), Some(NEW_DRIVER)).is_err());
+            }
         }
     }
 }
@@ -222,7 +237,7 @@ proptest! {
             };
             match plan(o.status, action, actor, parties, assign_to) {
                 Ok(p) => {
-                    prop_assert_eq!(legal(o.status, action).map(|l| l.0), Some(p.to));
+                    prop_assert_eq!(legal(o.status, action, actor).map(|l| l.0), Some(p.to));
                     o.status = p.to;
                     o.version += 1;
                     match p.driver {

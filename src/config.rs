@@ -207,6 +207,17 @@ pub struct Config {
     )]
     pub currency: String,
 
+    /// Enables fault injection for tests (`POST /api/admin/debug/crash-dispatcher`). Never in
+    /// production.
+    #[arg(
+        long,
+        env = "HUB_DEBUG_FAULTS",
+        global = true,
+        default_value_t = false,
+        hide = true
+    )]
+    pub debug_faults: bool,
+
     /// Folder of the web demo served at `/`.
     #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
     pub web_dir: PathBuf,

@@ -203,3 +203,86 @@ async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
     );
     p.driver_ws.seen.clear();
 }
+
+#[sqlx::test]
+async fn a_crashed_dispatcher_is_rebuilt_and_keeps_dispatching(db: PgPool) {
+    use common::{ADMIN, config};
+    let mut c = config();
+    c.debug_faults = true;
+    let hub = TestHub::start_with(db, c).await;
+    let mut p = hub.party().await;
+    let (first, _) = hub.assigned_order(&p).await;
+    let (s, _) = hub
+        .transition(&p.driver_token, &first, "pick_up", 4, None)
+        .await;
+    assert_eq!(s, 200);
+
+    let (s, _) = hub
+        .call(
+            "POST",
+            "/api/admin/debug/crash-dispatcher",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, 202);
+    // Ready again once the state is rebuilt from Postgres.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _) = hub.call("GET", "/readyz", None, None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The rebuilt dispatcher knows the driver is busy (from Postgres) and still connected (the
+    // re-announce): once the first order is delivered, the next one goes to them.
+    let (second, _) = hub
+        .order(&p.buyer_token, &p.shop, &p.product, p.lat + 0.01, p.lng)
+        .await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    for (action, v) in [("accept", 1), ("mark_ready", 2)] {
+        let (s, _) = hub.transition(&p.vendor, &second, action, v, None).await;
+        assert_eq!(s, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, o) = hub
+        .call(
+            "GET",
+            &format!("/api/orders/{second}"),
+            Some(&p.vendor),
+            None,
+        )
+        .await;
+    assert_eq!(
+        o["status"], "ready",
+        "the busy driver must not get a second order"
+    );
+    let body = json!({"action": "fail_delivery", "expected_version": 5, "reason": "test"});
+    hub.ok(
+        "POST",
+        &format!("/api/orders/{first}/transitions"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await;
+    // A rebuilt dispatcher counts a driver online again at their next location (a driver app
+    // sends one every few seconds).
+    p.driver_ws
+        .send(json!({"type": "location", "lat": p.lat + 0.001, "lng": p.lng}))
+        .await;
+    let o = hub.wait_status(&p.vendor, &second, "assigned").await;
+    assert_eq!(o["driver_id"].as_str(), Some(p.driver.as_str()));
+    // Without the debug flag the endpoint does not exist.
+    let plain = TestHub::start(hub.hub().db.clone()).await;
+    let (s, _) = plain
+        .call(
+            "POST",
+            "/api/admin/debug/crash-dispatcher",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+}

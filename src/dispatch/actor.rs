@@ -70,8 +70,8 @@ struct State {
     waiting: HashMap<OrderId, Waiting>,
     queue: BTreeMap<u64, OrderId>,
     next_seq: u64,
-    /// Assignments being committed.
-    inflight: HashMap<OrderId, DriverId>,
+    /// Assignments being committed, and when each started.
+    inflight: HashMap<OrderId, (DriverId, Instant)>,
     declined: HashMap<OrderId, HashSet<DriverId>>,
     /// (version, shop, queue position) of orders whose assignment is being committed.
     waiting_parked: HashMap<OrderId, (i32, GeoPoint, u64)>,
@@ -93,58 +93,114 @@ async fn run(mut rx: Receivers) {
             None => return,
         }
     };
-    let mut st = State {
-        max_m: hub.config.dispatch_max_km * 1000.0,
-        stale: Duration::from_secs(hub.config.driver_stale_s),
-        grace: Duration::from_secs(hub.config.driver_grace_s),
-        hub,
-        drivers: HashMap::new(),
-        index: DriverIndex::new(),
-        waiting: HashMap::new(),
-        queue: BTreeMap::new(),
-        next_seq: 0,
-        inflight: HashMap::new(),
-        declined: HashMap::new(),
-        waiting_parked: HashMap::new(),
-        last_flush: Instant::now(),
-    };
-    // Without its state the dispatcher would treat busy drivers as free and forget waiting
-    // orders, so it retries until Postgres answers.
-    while let Err(e) = st.recover().await {
-        tracing::error!(error = %e, "dispatcher could not rebuild its state from Postgres; retrying");
-        st.drivers.clear();
-        st.waiting.clear();
-        st.queue.clear();
-        st.declined.clear();
-        tokio::select! {
-            _ = st.hub.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETRY_AFTER) => {}
+    let health = rx.health.clone();
+    // The supervisor: a handler that panics costs the message that caused it, never the
+    // dispatcher — its state is rebuilt from Postgres (plus the drivers connected right now)
+    // and the loop goes on with the same channels, so nothing queued is lost.
+    let mut restarts = 0u64;
+    loop {
+        health.set_ready(false);
+        let Some(mut st) = State::rebuilt(hub.clone()).await else {
+            return; // shut down while rebuilding
+        };
+        if restarts > 0 {
+            // Drivers' sockets outlived the old state: announce them again.
+            for (id, conn) in hub.conns.live_of_role(crate::domain::Role::Driver) {
+                st.control(Control::Connected(DriverId(id), conn));
+            }
+        }
+        for m in early.drain(..) {
+            st.control(m);
+        }
+        health.set_ready(true);
+        match serve(&mut st, &mut rx).await {
+            Served::Stopped => {
+                if let Some(last) = st.flush_positions() {
+                    last.await;
+                }
+                return;
+            }
+            Served::Panicked => {
+                restarts += 1;
+                metrics::counter!("hub_dispatch_restarts_total").increment(1);
+                tracing::error!(
+                    restarts,
+                    "dispatcher panicked; rebuilding its state from Postgres"
+                );
+            }
         }
     }
-    for m in early {
-        st.control(m);
-    }
+}
+
+enum Served {
+    Stopped,
+    Panicked,
+}
+
+/// The actor's loop. Every handler is synchronous, so a panic is caught right here.
+async fn serve(st: &mut State, rx: &mut Receivers) -> Served {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let shutdown = st.hub.shutdown.clone();
     loop {
-        tokio::select! {
+        rx.health.beat();
+        let handled = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Served::Stopped,
             m = rx.control.recv() => match m {
-                Some(m) => st.control(m),
-                None => break,
+                Some(m) => catch_unwind(AssertUnwindSafe(|| st.control(m))),
+                None => return Served::Stopped,
             },
-            Some(Location(d, p)) = rx.locations.recv() => st.location(d, p),
-            _ = tick.tick() => st.tick(),
+            Some(Location(d, p)) = rx.locations.recv() => {
+                catch_unwind(AssertUnwindSafe(|| st.location(d, p)))
+            }
+            _ = tick.tick() => {
+                metrics::gauge!("hub_dispatch_waiting").set(st.waiting.len() as f64);
+                metrics::gauge!("hub_dispatch_control_queue").set(rx.control.len() as f64);
+                catch_unwind(AssertUnwindSafe(|| st.tick()))
+            }
+        };
+        if handled.is_err() {
+            return Served::Panicked;
         }
-    }
-    if let Some(last) = st.flush_positions() {
-        last.await;
     }
 }
 
 impl State {
+    /// A fresh state rebuilt from Postgres; retries until Postgres answers (without its state
+    /// the dispatcher would treat busy drivers as free and forget waiting orders). `None` when
+    /// the hub shuts down meanwhile.
+    async fn rebuilt(hub: Arc<Hub>) -> Option<State> {
+        loop {
+            let mut st = State {
+                max_m: hub.config.dispatch_max_km * 1000.0,
+                stale: Duration::from_secs(hub.config.driver_stale_s),
+                grace: Duration::from_secs(hub.config.driver_grace_s),
+                hub: hub.clone(),
+                drivers: HashMap::new(),
+                index: DriverIndex::new(),
+                waiting: HashMap::new(),
+                queue: BTreeMap::new(),
+                next_seq: 0,
+                inflight: HashMap::new(),
+                declined: HashMap::new(),
+                waiting_parked: HashMap::new(),
+                last_flush: Instant::now(),
+            };
+            match st.recover().await {
+                Ok(()) => return Some(st),
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher could not rebuild its state from Postgres; retrying");
+                }
+            }
+            tokio::select! {
+                _ = hub.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(RETRY_AFTER) => {}
+            }
+        }
+    }
+
     async fn recover(&mut self) -> Result<(), sqlx::Error> {
         let db = self.hub.db.clone();
         let now = Instant::now();
@@ -225,6 +281,7 @@ impl State {
                 driver,
                 result,
             } => self.assign_done(order, driver, result),
+            Control::Crash => panic!("dispatcher crash requested (HUB_DEBUG_FAULTS)"),
             Control::Fleet(reply) => {
                 let now = Instant::now();
                 let states = self
@@ -457,7 +514,7 @@ impl State {
         if let Some(d) = self.drivers.get_mut(&driver) {
             d.reserved = Some(order);
         }
-        self.inflight.insert(order, driver);
+        self.inflight.insert(order, (driver, Instant::now()));
         self.refresh(driver);
         // Keep what we need to put the order back if the commit fails.
         self.waiting_parked
@@ -499,7 +556,7 @@ impl State {
         let parked = self.waiting_parked.remove(&order);
         let Err(failure) = result else { return };
         // The commit did not happen: the driver is free again, the order waits again.
-        if self.inflight.get(&order) == Some(&driver) {
+        if self.inflight.get(&order).map(|f| f.0) == Some(driver) {
             self.inflight.remove(&order);
         }
         let now = Instant::now();

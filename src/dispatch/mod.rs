@@ -68,6 +68,48 @@ pub(crate) enum Control {
         ok: bool,
     },
     Start(Arc<Hub>),
+    /// Debug builds of faults only (`HUB_DEBUG_FAULTS`): make the actor panic, to test its
+    /// supervision.
+    Crash,
+}
+
+/// Whether the dispatcher is up: its state rebuilt from Postgres, and its loop turning.
+#[derive(Debug, Default)]
+pub struct DispatchHealth {
+    ready: std::sync::atomic::AtomicBool,
+    /// Milliseconds since [`DispatchHealth::epoch`] at the loop's last turn.
+    heartbeat_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// The loop turns at least every tick (250 ms); this long without a turn means it is stuck.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl DispatchHealth {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.beat();
+        self.ready
+            .store(ready, std::sync::atomic::Ordering::Release);
+        metrics::gauge!("hub_dispatch_ready").set(if ready { 1.0 } else { 0.0 });
+    }
+
+    pub(crate) fn beat(&self) {
+        let now = self.now_ms();
+        self.heartbeat_ms
+            .store(now, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready, and the loop turned recently.
+    pub fn is_ready(&self) -> bool {
+        let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Acquire);
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+            && self.now_ms().saturating_sub(last) < STUCK_AFTER.as_millis() as u64
+    }
 }
 
 #[derive(Debug)]
@@ -92,6 +134,7 @@ const CONTROL_QUEUE: usize = 65_536;
 pub struct DispatchHandle {
     control: mpsc::Sender<Control>,
     locations: mpsc::Sender<Location>,
+    pub health: Arc<DispatchHealth>,
 }
 
 impl DispatchHandle {
@@ -152,6 +195,11 @@ impl DispatchHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// Makes the actor panic (only reachable with `HUB_DEBUG_FAULTS`).
+    pub async fn crash(&self) {
+        let _ = self.control.send(Control::Crash).await;
+    }
+
     /// Hands the dispatcher the hub it works for; it then rebuilds its state from Postgres.
     pub async fn start(&self, hub: Arc<Hub>) {
         let _ = self.control.send(Control::Start(hub)).await;
@@ -162,11 +210,17 @@ impl DispatchHandle {
 pub fn channel() -> (DispatchHandle, Receivers) {
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (locations, locations_rx) = mpsc::channel(65_536);
+    let health = Arc::new(DispatchHealth::default());
     (
-        DispatchHandle { control, locations },
+        DispatchHandle {
+            control,
+            locations,
+            health: health.clone(),
+        },
         Receivers {
             control: control_rx,
             locations: locations_rx,
+            health,
         },
     )
 }
@@ -174,4 +228,5 @@ pub fn channel() -> (DispatchHandle, Receivers) {
 pub struct Receivers {
     control: mpsc::Receiver<Control>,
     locations: mpsc::Receiver<Location>,
+    health: Arc<DispatchHealth>,
 }

@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/admin/shops/{id}/login-code", post(rotate_shop_code))
         .route("/admin/drivers/{id}/login-code", post(rotate_driver_code))
         .route("/admin/sessions/revoke", post(revoke))
+        .route("/admin/debug/crash-dispatcher", post(crash_dispatcher))
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
         .route("/buyers", post(sign_up))
@@ -90,6 +91,18 @@ async fn revoke(
     Ok(Json(
         json!({"sessions_revoked": sessions, "sockets_closed": sockets}),
     ))
+}
+
+/// Fault injection for tests; a 404 unless the hub runs with `HUB_DEBUG_FAULTS`.
+async fn crash_dispatcher(State(hub): State<Arc<Hub>>, Auth(actor): Auth) -> Result<StatusCode> {
+    if !hub.config.debug_faults {
+        return Err(crate::error::Error::NotFound);
+    }
+    if actor.role != Role::Admin {
+        return Err(crate::error::Error::Forbidden("admin only".into()));
+    }
+    hub.dispatch.crash().await;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn login(

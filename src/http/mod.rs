@@ -82,6 +82,9 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     if let Err(e) = health::check() {
         return e.into_response();
     }
+    if !hub.dispatch.health.is_ready() {
+        return Error::Unavailable.into_response();
+    }
     match tokio::time::timeout(health::PROBE_TIMEOUT, crate::store::ping(&hub.db)).await {
         Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
         _ => Error::Unavailable.into_response(),

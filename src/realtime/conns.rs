@@ -117,6 +117,19 @@ impl Connections {
         self.accounts.remove_if(&account, |_, live| live.is_empty());
     }
 
+    /// Every live socket of accounts with this role (for the dispatcher's re-announce after a
+    /// restart).
+    pub fn live_of_role(&self, role: Role) -> Vec<(Uuid, ConnId)> {
+        self.accounts
+            .iter()
+            .filter(|e| e.key().0 == role)
+            .flat_map(|e| {
+                let id = e.key().1;
+                e.value().keys().map(move |c| (id, *c)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Ends the sockets authenticated with this token; returns how many.
     pub fn revoke_token(&self, account: AccountKey, token_hash: &str) -> usize {
         self.revoke_where(account, |l| l.token_hash == token_hash)

@@ -13,9 +13,26 @@ use crate::realtime::{Outbound, Topic};
 use crate::service::orders::TransitionRequest;
 use crate::store;
 
+/// An assignment not reported back within this long releases its driver.
+pub(super) const RESERVATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl State {
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
+        // Assignments whose commit never reported back (a task that died, a commit stuck in
+        // the database): the driver is free again and the order waits again. Should the
+        // commit land later after all, its `assigned` event puts the state right.
+        let expired: Vec<(OrderId, DriverId)> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= RESERVATION_TIMEOUT)
+            .map(|(o, (d, _))| (*o, *d))
+            .collect();
+        for (order, driver) in expired {
+            metrics::counter!("hub_dispatch_reservations_expired_total").increment(1);
+            tracing::warn!(%order, %driver, "assignment never reported back; releasing the driver");
+            self.assign_done(order, driver, Err(super::AssignFailure::Transient));
+        }
         // Drivers whose last location is too old go offline; free ones leave the index.
         let ids: Vec<DriverId> = self.drivers.keys().copied().collect();
         for id in &ids {

@@ -36,11 +36,15 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Builds the shared state without serving (for `seed-demo` and tests of the service).
+/// Builds the shared state without serving (for `seed-demo` and tests of the service), and
+/// starts the task that resolves commits of unknown outcome.
 pub fn build_hub(config: Arc<Config>, db: PgPool) -> (Arc<Hub>, dispatch::Receivers) {
     let registry = Arc::new(Registry::new());
     let (handle, receivers) = dispatch::channel();
-    (Arc::new(Hub::new(db, config, registry, handle)), receivers)
+    let (hub, ambiguous) = Hub::new(db, config, registry, handle);
+    let hub = Arc::new(hub);
+    crate::service::reconcile::spawn(hub.clone(), ambiguous);
+    (hub, receivers)
 }
 
 /// Migrates, then starts the dispatcher, the timeout sweeper and the HTTP/WebSocket server.

@@ -286,3 +286,67 @@ async fn a_crashed_dispatcher_is_rebuilt_and_keeps_dispatching(db: PgPool) {
         .await;
     assert_eq!(s, 404);
 }
+
+#[sqlx::test]
+async fn a_commit_whose_answer_was_lost_is_published_once_postgres_answers(db: PgPool) {
+    use dispatch_hub::domain::OrderId;
+    use dispatch_hub::service::reconcile::Ambiguous;
+    let hub = TestHub::start(db.clone()).await;
+    let p = hub.party().await;
+    let mut vendor_ws = hub.socket(&p.vendor).await;
+    vendor_ws.subscribe(&format!("shop:{}", p.shop)).await;
+    let (o, _) = hub
+        .order(&p.buyer_token, &p.shop, &p.product, p.lat + 0.01, p.lng)
+        .await;
+    let id = o["id"].as_str().unwrap().to_owned();
+    let (s, _) = hub.transition(&p.vendor, &id, "accept", 1, None).await;
+    assert_eq!(s, 200);
+    // `mark_ready` committed, but its answer never reached the hub: nothing was published and
+    // the dispatcher never heard of it.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE orders SET status = 'ready', version = 3, ready_at = now() WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO order_events (order_id, version, kind, actor_role, actor_id)
+         VALUES ($1::uuid, 3, 'ready', 'vendor', $2::uuid)",
+    )
+    .bind(&id)
+    .bind(&p.shop)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let order = OrderId(id.parse().unwrap());
+    hub.hub().commit_unknown(Ambiguous {
+        order,
+        version: 3,
+        previous_driver: None,
+    });
+    let ev = vendor_ws
+        .until("ready", |v| v["event"]["kind"] == "ready")
+        .await;
+    assert_eq!(ev["order"]["version"], 3);
+    // The dispatcher heard of it too: the party's driver gets the order.
+    vendor_ws
+        .until("assigned", |v| v["event"]["kind"] == "assigned")
+        .await;
+    // An outcome that did not land (the order is still at the old version) publishes nothing.
+    hub.hub().commit_unknown(Ambiguous {
+        order,
+        version: 99,
+        previous_driver: None,
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let versions: Vec<i64> = vendor_ws
+        .orders_seen()
+        .iter()
+        .filter(|m| m.0 == id)
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4], "every version once, in order");
+}

@@ -8,6 +8,7 @@ pub mod hashing;
 pub mod limiter;
 pub mod login_account;
 pub mod orders;
+pub mod reconcile;
 pub mod views;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Hub {
     pub hashing: hashing::HashPool,
     /// Socket caps and the live sockets of each account (for revocation).
     pub conns: Connections,
+    /// Transitions whose commit outcome is unknown, for [`reconcile`].
+    ambiguous: tokio::sync::mpsc::Sender<reconcile::Ambiguous>,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
     /// Socket sessions and background tasks, awaited on shutdown.
@@ -67,12 +70,14 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// The hub, and the receiving end of its ambiguous-commit queue (for [`reconcile::spawn`]).
     pub fn new(
         db: PgPool,
         config: Arc<Config>,
         registry: Arc<Registry>,
         dispatch: DispatchHandle,
-    ) -> Self {
+    ) -> (Self, tokio::sync::mpsc::Receiver<reconcile::Ambiguous>) {
+        let (ambiguous, ambiguous_rx) = reconcile::channel();
         let secrets = auth::Secrets::new(
             config.admin_token.as_deref(),
             config.secret.as_deref(),
@@ -90,7 +95,8 @@ impl Hub {
             config.max_unauthenticated,
             config.max_sockets_per_account,
         );
-        Self {
+        let hub = Self {
+            ambiguous,
             db,
             config,
             registry,
@@ -104,7 +110,8 @@ impl Hub {
             tasks: TaskTracker::new(),
             order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             shop_positions: DashMap::new(),
-        }
+        };
+        (hub, ambiguous_rx)
     }
 
     /// Serializes commit-and-publish per order. Two transitions of one order can never both

@@ -378,7 +378,17 @@ impl Hub {
             }
             Err(WriteError::Conflict(None)) => return Err(Error::NotFound),
             Err(WriteError::DriverBusy) => return Err(Error::DriverBusy),
-            Err(WriteError::Db(e)) => return Err(e.into()),
+            Err(WriteError::Db(e)) => {
+                // A lost connection around the COMMIT leaves its outcome unknown.
+                if crate::error::is_outage(&e) && !matches!(e, sqlx::Error::PoolTimedOut) {
+                    self.commit_unknown(super::reconcile::Ambiguous {
+                        order: id,
+                        version: req.expected_version + 1,
+                        previous_driver,
+                    });
+                }
+                return Err(e.into());
+            }
         };
         self.after_commit(&rec.view, &ev, previous_driver).await;
         Ok(rec.view)
@@ -386,7 +396,12 @@ impl Hub {
 
     /// Publishes a committed event to every socket topic it belongs to and tells the
     /// dispatcher. Called with the order's lock held, so publish order is commit order.
-    async fn after_commit(&self, o: &OrderView, ev: &EventView, previous_driver: Option<DriverId>) {
+    pub(super) async fn after_commit(
+        &self,
+        o: &OrderView,
+        ev: &EventView,
+        previous_driver: Option<DriverId>,
+    ) {
         let shop_pos = if o.status == OrderStatus::Ready {
             self.shop_position(o.shop_id).await.ok().flatten()
         } else {

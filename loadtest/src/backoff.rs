@@ -81,12 +81,12 @@ impl Retry {
         longest_wait: Duration::from_secs(10),
     };
     /// `POST /api/orders` in the load phase (the same `Idempotency-Key` on every attempt).
-    /// Four retries span about 4 s without a `Retry-After`: long enough to ride out a hub
-    /// restart.
+    /// Five retries span about 8 s (4–12 s with jitter) without a `Retry-After`: long enough
+    /// to ride out a hub restart or a short database outage.
     pub const ORDER: Retry = Retry {
-        retries: 4,
+        retries: 5,
         base: Duration::from_millis(250),
-        cap: Duration::from_secs(2),
+        cap: Duration::from_secs(4),
         longest_wait: Duration::from_secs(10),
     };
     /// `GET /api/orders/{id}` in the drain's check.
@@ -96,12 +96,13 @@ impl Retry {
         cap: Duration::from_secs(2),
         longest_wait: Duration::from_secs(5),
     };
-    /// A socket `transition` answered with `unavailable` or `internal`.
+    /// A socket `transition` answered with `unavailable` or `internal`; as patient as
+    /// [`Retry::ORDER`].
     pub const COMMAND: Retry = Retry {
-        retries: 3,
+        retries: 5,
         base: Duration::from_millis(250),
-        cap: Duration::from_secs(2),
-        longest_wait: Duration::from_secs(5),
+        cap: Duration::from_secs(4),
+        longest_wait: Duration::from_secs(10),
     };
 
     /// The wait before retry number `n` (1-based), or `None` when there is no such retry:
@@ -212,9 +213,10 @@ mod tests {
         assert_eq!(p.delay(1, 1.0, None), Some(Duration::from_millis(250)));
         assert_eq!(p.delay(2, 1.0, None), Some(Duration::from_millis(500)));
         assert_eq!(p.delay(3, 1.0, None), Some(S));
-        assert_eq!(p.delay(4, 1.0, None), None);
+        assert_eq!(p.delay(5, 1.0, None), Some(4 * S));
+        assert_eq!(p.delay(6, 1.0, None), None);
         let capped = Retry { retries: 10, ..p };
-        assert_eq!(capped.delay(8, 1.0, None), Some(2 * S));
+        assert_eq!(capped.delay(8, 1.0, None), Some(4 * S));
     }
 
     #[test]

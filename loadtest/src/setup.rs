@@ -184,8 +184,11 @@ impl Setup<'_> {
     pub async fn drivers(&self, admin: &str, n: usize) -> Result<Vec<Acct>> {
         let (rest, tag) = (self.rest, self.tag.as_str());
         bounded("drivers", n, self.concurrency, &self.pb, |i| async move {
+            // Drivers' phone numbers are unique hub-wide (at most 15 digits): 8 digits of the
+            // run's tag and 7 of the driver's index.
+            let run = u32::from_str_radix(tag.get(..8).unwrap_or("0"), 16).unwrap_or(0);
             let body = json!({"name": format!("Loadtest driver {tag}-{i}"),
-                              "phone": format!("+49 151 {i:07}")});
+                              "phone": format!("+{:08} {i:07}", run % 100_000_000)});
             let (_, created): (_, CreatedDriver) = rest
                 .retrying(Retry::SETUP, || {
                     rest.post("/api/admin/drivers", Some(admin), &body, None)

@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long, default_value = "5", value_parser = parse_duration)]
     pub ramp_up: Duration,
 
-    /// Longest wait after `--duration` for orders in flight to reach a final status.
+    /// Longest wait after `--duration` for orders in flight to reach a final status. Whether
+    /// they did is then asked of the hub (`GET /api/orders/{id}` for every placed order).
     #[arg(long, default_value = "5", value_parser = parse_duration)]
     pub drain: Duration,
 
@@ -106,7 +107,8 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub source_ips: Option<u8>,
 
-    /// REST requests in flight during setup (creating accounts, logins, products).
+    /// REST requests in flight during setup (creating accounts, logins, products) and while
+    /// the drain asks the hub about the placed orders.
     #[arg(long, default_value_t = 32)]
     pub setup_concurrency: usize,
 
@@ -119,8 +121,9 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     pub max_inflight_orders: usize,
 
-    /// Times one socket reconnects (with exponential backoff) after it was closed or could not
-    /// connect before it gives up.
+    /// Consecutive failed attempts after which a socket stops reconnecting (exponential
+    /// backoff with jitter between them). A session that authenticated, subscribed and stayed
+    /// up for 10 s resets the count.
     #[arg(long, default_value_t = 5)]
     pub max_reconnects: u32,
 
@@ -140,8 +143,8 @@ pub struct Args {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// Also fail (exit 4) unless every placed order reached a final status by the end of the
-    /// drain, at least one order was delivered, and no socket gave up.
+    /// Also fail (exit 4) unless the hub says every placed order reached a final status by the
+    /// end of the drain, at least one order was delivered, and no socket gave up.
     #[arg(long)]
     pub strict: bool,
 

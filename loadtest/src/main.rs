@@ -4,18 +4,23 @@
 //! with hdrhistogram, checks the protocol's ordering guarantees, samples the hub's RSS and CPU,
 //! and reports a table, JSON and a PNG plot.
 //!
-//! Run phases: setup → ramp-up (sockets open) → load (`--duration`) → drain → stop → report.
+//! Run phases: setup → ramp-up (sockets open) → load (`--duration`) → drain → stop → check
+//! (which placed orders are unfinished, asked of the hub) → report.
 
 mod actors;
+mod backoff;
 mod cli;
+mod drain;
 mod metrics;
 mod plot;
 mod proto;
 mod report;
+mod rest;
 mod setup;
 mod sysinfo;
 mod ws;
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -36,8 +41,11 @@ use crate::actors::vendor::Vendor;
 use crate::cli::Args;
 use crate::metrics::{Metrics, Phase, Violation};
 use crate::proto::Kind;
-use crate::report::{ConfigEcho, MessageFigures, OrderFigures, ProcFigures, Report, SocketFigures};
-use crate::setup::{Rest, Setup};
+use crate::report::{
+    ConfigEcho, MessageFigures, OrderFigures, ProcFigures, Report, RetryFigures, SocketFigures,
+};
+use crate::rest::Rest;
+use crate::setup::{Acct, Setup};
 use crate::ws::{Net, SocketSpec, run_socket};
 
 /// Exit status when a correctness counter is not zero.
@@ -50,6 +58,9 @@ const FD_RESERVE: u64 = 64;
 const CONNECT_GRACE: Duration = Duration::from_secs(30);
 /// Longest wait for socket tasks to close after the stop signal.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// During the drain, when the sockets have heard of no order finishing for this long, the
+/// orders they still hold are asked of the hub (they may have finished unheard).
+const DRAIN_STALL: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let args = match Args::parse().finish() {
@@ -329,9 +340,35 @@ async fn run(args: Args) -> Result<ExitCode> {
     if let Some(g) = generator {
         let _ = tokio::time::timeout(args.drain, g).await;
     }
+    let token_of = |id: uuid::Uuid| {
+        let b = metrics.placed_by(id)? as usize;
+        buyers.get(b).map(|a: &Acct| (id, a.token.clone()))
+    };
+    // Orders the hub already said are final although no socket saw it.
+    let mut hub_final: HashSet<uuid::Uuid> = HashSet::new();
+    let (mut open_before, mut progress_at) = (usize::MAX, Instant::now());
     while go_on && !args.connections_only && Instant::now() < drain_end {
-        if metrics.unfinished_orders() == 0 {
+        let open: Vec<uuid::Uuid> = metrics
+            .unfinished_on_sockets()
+            .into_iter()
+            .filter(|id| !hub_final.contains(id))
+            .collect();
+        if open.is_empty() {
             break;
+        }
+        if open.len() < open_before {
+            (open_before, progress_at) = (open.len(), Instant::now());
+        } else if progress_at.elapsed() >= DRAIN_STALL {
+            let asked = open.iter().filter_map(|id| token_of(*id)).collect();
+            let answers = drain::ask_hub(&rest, asked, args.setup_concurrency, drain_end).await;
+            hub_final.extend(
+                answers
+                    .into_iter()
+                    .filter(|(_, a)| a.as_ref().is_some_and(|o| o.status.is_final()))
+                    .map(|(id, _)| id),
+            );
+            (open_before, progress_at) = (usize::MAX, Instant::now());
+            continue;
         }
         go_on = wait(Duration::from_millis(100), &mut interrupted).await;
     }
@@ -346,6 +383,34 @@ async fn run(args: Args) -> Result<ExitCode> {
     metrics.set_phase(Phase::Done);
     let _ = sampler_tx.send(true);
     let timeline = sampler.await.unwrap_or_default();
+
+    // ---- check: the hub, not the sockets, says which placed orders are unfinished
+    let verdict = if args.connections_only {
+        drain::Verdict::default()
+    } else {
+        pb.set_message("asking the hub about every placed order");
+        let placed = metrics.placed_orders();
+        let asked = placed
+            .iter()
+            .filter_map(|(id, b, _)| {
+                buyers
+                    .get(*b as usize)
+                    .map(|a: &Acct| (*id, a.token.clone()))
+            })
+            .collect();
+        let deadline = Instant::now() + drain::CHECK_BUDGET;
+        let ask = drain::ask_hub(&rest, asked, args.setup_concurrency, deadline);
+        let answers = tokio::select! {
+            a = ask => a,
+            _ = ws::stopped(&mut interrupted) => drain::Answers::new(),
+        };
+        let seen: Vec<_> = placed.iter().map(|(id, _, s)| (*id, *s)).collect();
+        let v = drain::judge(&seen, &answers);
+        for e in &v.hub_behind_sockets {
+            metrics.violation(Violation::HubBehindSockets, || e.clone());
+        }
+        v
+    };
     pb.finish_and_clear();
 
     // ---- report
@@ -370,11 +435,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     let correctness = metrics.violations();
     let correct = correctness.values().all(|n| *n == 0);
     let events = metrics.shop_event_counts();
-    let unfinished = if args.connections_only {
-        0
-    } else {
-        metrics.unfinished_orders()
-    };
+    let unfinished = verdict.unfinished;
     let gave_up = metrics.gave_up.load(Relaxed);
     let mut strict_failures = Vec::new();
     if args.strict {
@@ -394,7 +455,13 @@ async fn run(args: Args) -> Result<ExitCode> {
             }
             if unfinished > 0 {
                 strict_failures.push(format!(
-                    "{unfinished} placed orders did not reach a final status"
+                    "{unfinished} placed orders did not reach a final status (the hub's answer)"
+                ));
+            }
+            if verdict.unverified > 0 {
+                strict_failures.push(format!(
+                    "the hub could not be asked about {} placed orders",
+                    verdict.unverified
                 ));
             }
         }
@@ -429,8 +496,10 @@ async fn run(args: Args) -> Result<ExitCode> {
             skipped: metrics.orders_skipped.load(Relaxed),
             placed_per_s: placed as f64 / load_secs,
             unfinished_after_drain: unfinished,
+            after_drain: verdict,
             events,
         },
+        retries: RetryFigures::new(metrics.retries(), metrics.retries_exhausted()),
         latency: report::latencies(&metrics),
         hub: args.hub_pid.map(|_| {
             ProcFigures::from_samples(&timeline, hub_baseline, held_at_end, |s| {

@@ -80,16 +80,20 @@ pub enum Violation {
     EventVersionMismatch,
     /// An order message arrived on a topic it does not belong to.
     Misrouted,
+    /// After the drain, `GET /api/orders/{id}` answered an older version of an order than a
+    /// shop socket had already received, or another status than the final one it had seen.
+    HubBehindSockets,
 }
 
 impl Violation {
-    pub const ALL: [Violation; 6] = [
+    pub const ALL: [Violation; 7] = [
         Violation::StaleOrDuplicate,
         Violation::Gap,
         Violation::DoubleAssignment,
         Violation::DriverTwoOrders,
         Violation::EventVersionMismatch,
         Violation::Misrouted,
+        Violation::HubBehindSockets,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +104,7 @@ impl Violation {
             Violation::DriverTwoOrders => "driver_two_orders",
             Violation::EventVersionMismatch => "event_version_mismatch",
             Violation::Misrouted => "misrouted",
+            Violation::HubBehindSockets => "hub_behind_sockets",
         }
     }
 }
@@ -175,6 +180,13 @@ pub const BUYER_KINDS: [Kind; 6] = [
     Kind::Declined,
 ];
 
+/// The newest state of an order the shop sockets have seen (or `POST /api/orders` returned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub status: Status,
+    pub version: u64,
+}
+
 /// All shared state of a run.
 pub struct Metrics {
     pub started: Instant,
@@ -187,7 +199,8 @@ pub struct Metrics {
     pub connects_ok: AtomicU64,
     pub reconnects: AtomicU64,
     pub gave_up: AtomicU64,
-    /// µs since `started` of the first connect attempt and of the last successful connect.
+    /// µs since `started` of the first connect attempt and of the last socket's first
+    /// successful connect.
     pub first_connect_start_us: AtomicU64,
     pub last_connect_done_us: AtomicU64,
     pub msgs_in: AtomicU64,
@@ -201,7 +214,11 @@ pub struct Metrics {
     pub shop_events: [AtomicU64; 13],
 
     errors: Mutex<BTreeMap<String, u64>>,
-    violations: [AtomicU64; 6],
+    /// Retries by cause (`http:503:unavailable`, `ws:unavailable`, …) and retriable failures
+    /// that were not retried any more (budget spent, or `Retry-After` too long).
+    retries: Mutex<BTreeMap<String, u64>>,
+    retries_exhausted: Mutex<BTreeMap<String, u64>>,
+    violations: [AtomicU64; 7],
     examples: Mutex<Vec<String>>,
 
     // latencies
@@ -220,7 +237,10 @@ pub struct Metrics {
     buyer_rv: DashMap<(Uuid, Kind), Side>,
     dispatch_start: DashMap<Uuid, (Instant, bool)>,
     order_driver: DashMap<Uuid, Uuid>,
-    order_status: DashMap<Uuid, Status>,
+    order_status: DashMap<Uuid, Seen>,
+    /// Every order this run placed → index of the buyer who placed it (the drain asks the hub
+    /// about each order with that buyer's token).
+    order_buyer: DashMap<Uuid, u32>,
 }
 
 impl Metrics {
@@ -244,6 +264,8 @@ impl Metrics {
             orders_skipped: AtomicU64::new(0),
             shop_events: Default::default(),
             errors: Mutex::new(BTreeMap::new()),
+            retries: Mutex::new(BTreeMap::new()),
+            retries_exhausted: Mutex::new(BTreeMap::new()),
             violations: Default::default(),
             examples: Mutex::new(Vec::new()),
             placed_to_vendor: Hist::new(),
@@ -260,6 +282,7 @@ impl Metrics {
             dispatch_start: DashMap::new(),
             order_driver: DashMap::new(),
             order_status: DashMap::new(),
+            order_buyer: DashMap::new(),
         }
     }
 
@@ -284,6 +307,26 @@ impl Metrics {
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
         lock(&self.errors).clone()
+    }
+
+    /// A call is being retried after a failure counted under `cause`.
+    pub fn retried(&self, cause: impl Into<String>) {
+        *lock(&self.retries).entry(cause.into()).or_insert(0) += 1;
+    }
+
+    /// A retriable failure counted under `cause` is final: no retry is left.
+    pub fn retry_exhausted(&self, cause: impl Into<String>) {
+        *lock(&self.retries_exhausted)
+            .entry(cause.into())
+            .or_insert(0) += 1;
+    }
+
+    pub fn retries(&self) -> BTreeMap<String, u64> {
+        lock(&self.retries).clone()
+    }
+
+    pub fn retries_exhausted(&self) -> BTreeMap<String, u64> {
+        lock(&self.retries_exhausted).clone()
     }
 
     pub fn violation(&self, v: Violation, detail: impl FnOnce() -> String) {
@@ -317,9 +360,12 @@ impl Metrics {
         self.connects_ok.fetch_add(1, Relaxed);
         if reconnect {
             self.reconnects.fetch_add(1, Relaxed);
+        } else {
+            // the connect rate is about first connects: a reconnect late in the run must not
+            // stretch its window
+            self.last_connect_done_us
+                .fetch_max(self.since_start_us(Instant::now()), Relaxed);
         }
-        self.last_connect_done_us
-            .fetch_max(self.since_start_us(Instant::now()), Relaxed);
         let open = self.sockets_open.fetch_add(1, Relaxed) + 1;
         self.sockets_peak.fetch_max(open, Relaxed);
     }
@@ -330,15 +376,25 @@ impl Metrics {
 
     // ---- order lifecycle hand-overs --------------------------------------------------------
 
-    /// `POST /api/orders` answered with an order; `sent` is when the request was sent.
-    pub fn order_placed(&self, order: &Order, otp: String, sent: Instant, replay: bool) {
+    /// `POST /api/orders` answered with an order, placed by the buyer with index `buyer`;
+    /// `sent` is when the first attempt was sent. `replay`: the answer was an idempotent
+    /// replay (200), i.e. an earlier attempt with the same key had created the order and its
+    /// answer was lost. Either way it is one order placed.
+    pub fn order_placed(
+        &self,
+        order: &Order,
+        otp: String,
+        sent: Instant,
+        replay: bool,
+        buyer: u32,
+    ) {
+        self.orders_placed.fetch_add(1, Relaxed);
         if replay {
             self.orders_replayed.fetch_add(1, Relaxed);
-        } else {
-            self.orders_placed.fetch_add(1, Relaxed);
         }
         self.otps.insert(order.id, otp);
-        self.order_status.entry(order.id).or_insert(order.status);
+        self.order_buyer.insert(order.id, buyer);
+        self.see(order);
         if let Some(d) = meet(&self.placed_rv, order.id, Side::Sent(sent)) {
             self.placed_to_vendor.record(d);
             self.win_placed_to_vendor.record(d);
@@ -409,7 +465,7 @@ impl Metrics {
 
     /// An order from a shop snapshot.
     pub fn shop_snapshot_order(&self, order: &Order) {
-        self.order_status.insert(order.id, order.status);
+        self.see(order);
         match (order.status, order.driver_id) {
             (Status::Assigned | Status::PickedUp, Some(d)) => {
                 self.order_driver.insert(order.id, d);
@@ -424,7 +480,7 @@ impl Metrics {
     /// socket, in commit order, so the per-order checks here are race-free).
     pub fn shop_event(&self, event: &Event, order: &Order) {
         self.shop_events[event.kind as usize].fetch_add(1, Relaxed);
-        self.order_status.insert(order.id, order.status);
+        self.see(order);
         match event.kind {
             Kind::Assigned => {
                 let driver = event
@@ -453,12 +509,48 @@ impl Metrics {
         }
     }
 
-    /// Orders placed by this run that have not reached a final status (as seen on shop topics).
-    pub fn unfinished_orders(&self) -> usize {
+    /// Keep the newest version of `order` in the sockets' view.
+    fn see(&self, order: &Order) {
+        let seen = Seen {
+            status: order.status,
+            version: order.version,
+        };
+        self.order_status
+            .entry(order.id)
+            .and_modify(|s| {
+                if seen.version > s.version {
+                    *s = seen;
+                }
+            })
+            .or_insert(seen);
+    }
+
+    /// Orders placed by this run that the shop sockets have not seen reach a final status.
+    /// Not the verdict on them: a socket that was reconnecting when an order finished never
+    /// hears of it (snapshots list active orders only), so the drain asks the hub.
+    pub fn unfinished_on_sockets(&self) -> Vec<Uuid> {
         self.order_status
             .iter()
-            .filter(|e| self.otps.contains_key(e.key()) && !e.value().is_final())
-            .count()
+            .filter(|e| !e.value().status.is_final() && self.order_buyer.contains_key(e.key()))
+            .map(|e| *e.key())
+            .collect()
+    }
+
+    /// Every order this run placed: its id, the buyer (index) who placed it, and the newest
+    /// state the sockets saw.
+    pub fn placed_orders(&self) -> Vec<(Uuid, u32, Seen)> {
+        self.order_buyer
+            .iter()
+            .filter_map(|e| {
+                let seen = *self.order_status.get(e.key())?;
+                Some((*e.key(), *e.value(), seen))
+            })
+            .collect()
+    }
+
+    /// The buyer (index) who placed `order`, if this run placed it.
+    pub fn placed_by(&self, order: Uuid) -> Option<u32> {
+        self.order_buyer.get(&order).map(|b| *b)
     }
 
     pub fn shop_event_counts(&self) -> BTreeMap<&'static str, u64> {
@@ -528,14 +620,66 @@ mod tests {
         let b = Uuid::new_v4();
         // socket first, REST response second
         m.vendor_saw_created(a, t0 + Duration::from_millis(5));
-        m.order_placed(&order(a, Status::Pending, 1, None), "1".into(), t0, false);
+        m.order_placed(
+            &order(a, Status::Pending, 1, None),
+            "1".into(),
+            t0,
+            false,
+            0,
+        );
         // REST response first, socket second
-        m.order_placed(&order(b, Status::Pending, 1, None), "2".into(), t0, false);
+        m.order_placed(&order(b, Status::Pending, 1, None), "2".into(), t0, true, 1);
         m.vendor_saw_created(b, t0 + Duration::from_millis(7));
         let h = m.placed_to_vendor.snapshot();
         assert_eq!(h.len(), 2);
         assert!(h.max() >= 6_900 && h.max() <= 7_100);
         assert!(m.placed_rv.is_empty());
+        // a replay is still one order placed
+        assert_eq!(m.orders_placed.load(Relaxed), 2);
+        assert_eq!(m.orders_replayed.load(Relaxed), 1);
+        assert_eq!(m.placed_by(b), Some(1));
+    }
+
+    #[test]
+    fn socket_view_keeps_the_newest_version() {
+        let m = Metrics::new();
+        let (a, b, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Instant::now();
+        // the shop socket saw `accepted` before POST /api/orders returned v1
+        m.shop_snapshot_order(&order(a, Status::Accepted, 2, None));
+        m.order_placed(
+            &order(a, Status::Pending, 1, None),
+            "1".into(),
+            t0,
+            false,
+            3,
+        );
+        m.order_placed(
+            &order(b, Status::Pending, 1, None),
+            "2".into(),
+            t0,
+            false,
+            4,
+        );
+        m.shop_snapshot_order(&order(b, Status::Delivered, 6, None));
+        // an order this run did not place is not its business
+        m.shop_snapshot_order(&order(other, Status::Ready, 3, None));
+        assert_eq!(m.unfinished_on_sockets(), vec![a]);
+        let mut placed = m.placed_orders();
+        placed.sort_by_key(|p| p.1);
+        assert_eq!(placed.len(), 2);
+        assert_eq!(
+            placed[0],
+            (
+                a,
+                3,
+                Seen {
+                    status: Status::Accepted,
+                    version: 2
+                }
+            )
+        );
+        assert_eq!(placed[1].2.status, Status::Delivered);
     }
 
     #[test]

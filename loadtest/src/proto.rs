@@ -23,6 +23,21 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Accepted => "accepted",
+            Status::Ready => "ready",
+            Status::Assigned => "assigned",
+            Status::PickedUp => "picked_up",
+            Status::Delivered => "delivered",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+            Status::DeliveryFailed => "delivery_failed",
+            Status::Unknown => "unknown",
+        }
+    }
+
     /// `delivered`, `rejected`, `cancelled`, `delivery_failed`.
     pub fn is_final(self) -> bool {
         matches!(
@@ -100,6 +115,15 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::Accept,
+        Action::MarkReady,
+        Action::PickUp,
+        Action::Deliver,
+        Action::Decline,
+        Action::FailDelivery,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Accept => "accept",
@@ -180,6 +204,8 @@ pub enum ServerMsg {
         order: Order,
     },
     Ack {
+        #[serde(rename = "ref", default)]
+        reference: Option<String>,
         order: Order,
     },
     Error {
@@ -188,6 +214,9 @@ pub enum ServerMsg {
         code: String,
         #[serde(default)]
         order: Option<Order>,
+        /// Seconds to wait before retrying, on the errors that invite a retry.
+        #[serde(default)]
+        retry_after_s: Option<u64>,
     },
     #[serde(other)]
     Other,
@@ -247,6 +276,9 @@ pub struct RestError {
 #[derive(Debug, Deserialize)]
 pub struct RestErrorInner {
     pub code: String,
+    /// Present on the errors that invite a retry (also sent as `Retry-After`).
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
 }
 
 #[cfg(test)]
@@ -281,6 +313,21 @@ mod tests {
             serde_json::from_str(r#"{"type":"error","code":"rate_limited","message":"x"}"#)
                 .unwrap();
         assert!(matches!(m, ServerMsg::Error { code, .. } if code == "rate_limited"));
+        let m: ServerMsg = serde_json::from_str(
+            r#"{"type":"error","ref":"accept:01936c1e-0000-7000-8000-000000000002",
+                "code":"unavailable","message":"x","retry_after_s":1}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(m, ServerMsg::Error { code, retry_after_s: Some(1), reference: Some(_), .. }
+            if code == "unavailable")
+        );
+        let m: ServerMsg = serde_json::from_str(
+            r#"{"type":"ack","ref":"t1","order":{"id":"01936c1e-0000-7000-8000-000000000002",
+                "status":"accepted","version":2}}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, ServerMsg::Ack { reference: Some(r), .. } if r == "t1"));
         let m: ServerMsg =
             serde_json::from_str(r#"{"type":"snapshot","topic":"buyer:x","ref":"s","orders":[]}"#)
                 .unwrap();

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cli::{Args, BBox};
+use crate::drain::Verdict;
 use crate::metrics::{HistSummary, Metrics, Phase};
 use crate::proto::Kind;
 use crate::sysinfo::{ProcReading, clock_ticks_per_sec, cpu_percent, read_proc};
@@ -187,7 +188,7 @@ pub struct SocketFigures {
     pub connects_ok: u64,
     pub reconnects: u64,
     pub gave_up: u64,
-    /// From the first connect attempt to the last successful connect.
+    /// From the first connect attempt to the last socket's first successful connect.
     pub connect_window_s: f64,
     pub connects_per_s: f64,
     pub connect_latency: HistSummary,
@@ -208,9 +209,33 @@ pub struct OrderFigures {
     pub failed: u64,
     pub skipped: u64,
     pub placed_per_s: f64,
+    /// Placed orders the hub says are still active after the drain (`after_drain.unfinished`).
     pub unfinished_after_drain: usize,
+    /// What the sockets saw of the placed orders beside what the hub says.
+    pub after_drain: Verdict,
     /// Events seen on the shop topics (every event of every order once).
     pub events: BTreeMap<&'static str, u64>,
+}
+
+/// Calls retried after the hub said "try again", by the error they answered.
+#[derive(Debug, Default, Serialize)]
+pub struct RetryFigures {
+    pub total: u64,
+    /// Retries by cause: `http:<status>:<code>`, `http:<transport>`, `ws:<code>`.
+    pub by_cause: BTreeMap<String, u64>,
+    /// Retriable failures that stood: no retry left, or `Retry-After` longer than the harness
+    /// waits.
+    pub given_up: BTreeMap<String, u64>,
+}
+
+impl RetryFigures {
+    pub fn new(by_cause: BTreeMap<String, u64>, given_up: BTreeMap<String, u64>) -> Self {
+        RetryFigures {
+            total: by_cause.values().sum(),
+            by_cause,
+            given_up,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -266,6 +291,7 @@ pub struct Report {
     pub sockets: SocketFigures,
     pub messages: MessageFigures,
     pub orders: OrderFigures,
+    pub retries: RetryFigures,
     /// Latency histograms (µs): placed_to_vendor, dispatch (mark_ready sent → driver has
     /// `assigned`), redispatch (decline sent → next `assigned`), `<kind>_to_buyer`, connect,
     /// order_post.
@@ -378,8 +404,30 @@ impl Report {
             let o = &self.orders;
             writeln!(
                 w,
-                "orders: placed {} ({:.1}/s), idempotent replays {}, failed {}, skipped {}, unfinished after drain {}",
-                o.placed, o.placed_per_s, o.replayed, o.failed, o.skipped, o.unfinished_after_drain
+                "orders: placed {} ({:.1}/s), idempotent replays {}, failed {}, skipped {}",
+                o.placed, o.placed_per_s, o.replayed, o.failed, o.skipped
+            )?;
+            let d = &o.after_drain;
+            let by_status: Vec<String> = d
+                .unfinished_by_status
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            writeln!(
+                w,
+                "after the drain: unfinished {}{} per the hub (asked {}, answered {}, no answer {}); \
+                 the sockets saw {} unfinished, {} of them finished unseen",
+                o.unfinished_after_drain,
+                if by_status.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_status.join(", "))
+                },
+                d.asked,
+                d.answered,
+                d.unverified,
+                d.unfinished_on_sockets,
+                d.finished_unseen
             )?;
             let ev: Vec<String> = o
                 .events
@@ -441,10 +489,26 @@ impl Report {
             None => writeln!(w, "hub: not sampled (pass --hub-pid)")?,
         }
         writeln!(w, "{}", proc_line("harness", &self.harness))?;
-        if self.errors.is_empty() {
-            writeln!(w, "\nerrors: none")?;
+        let r = &self.retries;
+        let causes = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(w, "\nretries: {}", r.total)?;
+        if r.total > 0 {
+            write!(w, " ({})", causes(&r.by_cause))?;
+        }
+        if r.given_up.is_empty() {
+            writeln!(w, "; none given up")?;
         } else {
-            writeln!(w, "\nerrors by code:")?;
+            writeln!(w, "; given up: {}", causes(&r.given_up))?;
+        }
+        if self.errors.is_empty() {
+            writeln!(w, "errors: none")?;
+        } else {
+            writeln!(w, "errors by code:")?;
             for (k, n) in &self.errors {
                 writeln!(w, "  {k:<40} {n}")?;
             }

@@ -1,189 +1,20 @@
-//! REST side of the harness: one pooled HTTP client, error accounting by status and code, and
-//! the setup phase that creates shops (with products), drivers and buyers and logs everyone in,
-//! with bounded concurrency.
+//! The setup phase: creates shops (with products), drivers and buyers over REST and logs
+//! everyone in, with bounded concurrency. Transient failures (no answer, 429, 503) are retried
+//! with [`Retry::SETUP`], honouring `Retry-After`.
 
-use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use rand::Rng;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::backoff::Retry;
 use crate::cli::BBox;
-use crate::metrics::Metrics;
-use crate::proto::RestError;
-
-/// Whole-request timeout for REST calls.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Attempts of one setup call when the hub answers 429/503 or the request fails in transit.
-const SETUP_ATTEMPTS: u32 = 4;
-
-/// A failed REST call.
-#[derive(Debug, Clone)]
-pub struct RestFailure {
-    /// HTTP status, or `None` when no response arrived.
-    pub status: Option<u16>,
-    /// The error body's `code`, or a transport error label.
-    pub code: String,
-    /// `Retry-After` of a 429.
-    pub retry_after: Option<Duration>,
-}
-
-impl RestFailure {
-    /// Worth retrying: no response, 429 or 503.
-    pub fn retriable(&self) -> bool {
-        matches!(self.status, None | Some(429) | Some(503))
-    }
-}
-
-impl fmt::Display for RestFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Some(s) => write!(f, "HTTP {s} {}", self.code),
-            None => write!(f, "request failed: {}", self.code),
-        }
-    }
-}
-
-/// The shared HTTP client (one connection pool for the whole run).
-pub struct Rest {
-    client: reqwest::Client,
-    base: String,
-    metrics: Arc<Metrics>,
-}
-
-impl Rest {
-    pub fn new(base: &str, pool: usize, metrics: Arc<Metrics>) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(pool)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Rest {
-            client,
-            base: base.trim_end_matches('/').to_string(),
-            metrics,
-        })
-    }
-
-    /// `GET /healthz` must answer 200.
-    pub async fn health(&self) -> Result<()> {
-        let url = format!("{}/healthz", self.base);
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("the hub does not answer at {url}"))?;
-        if !resp.status().is_success() {
-            bail!("{url} answered {}", resp.status());
-        }
-        Ok(())
-    }
-
-    /// POST a JSON body; a 2xx answer is decoded as `T`, anything else is counted under
-    /// `http:<status>:<code>` and returned as a [`RestFailure`].
-    pub async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: &serde_json::Value,
-        idempotency_key: Option<&str>,
-    ) -> Result<(u16, T), RestFailure> {
-        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let fail = |f: RestFailure| {
-            let key = match f.status {
-                Some(s) => format!("http:{s}:{}", f.code),
-                None => format!("http:{}", f.code),
-            };
-            self.metrics.error(key);
-            f
-        };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let code = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connect"
-                } else {
-                    "transport"
-                };
-                return Err(fail(RestFailure {
-                    status: None,
-                    code: code.into(),
-                    retry_after: None,
-                }));
-            }
-        };
-        let status = resp.status().as_u16();
-        if resp.status().is_success() {
-            return match resp.json::<T>().await {
-                Ok(v) => Ok((status, v)),
-                Err(_) => Err(fail(RestFailure {
-                    status: Some(status),
-                    code: "undecodable_body".into(),
-                    retry_after: None,
-                })),
-            };
-        }
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let code = match resp.json::<RestError>().await {
-            Ok(b) => b.error.code,
-            Err(_) => "no_error_body".into(),
-        };
-        Err(fail(RestFailure {
-            status: Some(status),
-            code,
-            retry_after,
-        }))
-    }
-}
-
-/// Retry a setup call on transient failures, with a short, bounded backoff.
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, RestFailure>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, RestFailure>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.retriable() && attempt < SETUP_ATTEMPTS => {
-                let wait = e
-                    .retry_after
-                    .unwrap_or(Duration::from_millis(250 << attempt))
-                    .min(Duration::from_secs(5));
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
+use crate::rest::{Rest, RestFailure};
 
 /// A shop, logged in as its vendor.
 #[derive(Debug, Clone)]
@@ -314,19 +145,28 @@ impl Setup<'_> {
             };
             let body = json!({"name": format!("Loadtest shop {tag}-{i}"), "lat": lat, "lng": lng,
                               "address": format!("Teststraße {}", i + 1)});
-            let (_, created): (_, CreatedShop) =
-                retry(|| rest.post("/api/admin/shops", Some(admin), &body, None)).await?;
+            let (_, created): (_, CreatedShop) = rest
+                .retrying(Retry::SETUP, || {
+                    rest.post("/api/admin/shops", Some(admin), &body, None)
+                })
+                .await?;
             let id = created.shop.id;
             let login = json!({"role": "vendor", "account_id": id, "code": created.login_code});
-            let (_, l): (_, Login) =
-                retry(|| rest.post("/api/auth/login", None, &login, None)).await?;
+            let (_, l): (_, Login) = rest
+                .retrying(Retry::SETUP, || {
+                    rest.post("/api/auth/login", None, &login, None)
+                })
+                .await?;
             let mut ids = Vec::with_capacity(products as usize);
             for k in 0..products {
                 let price = 150 + 50 * ((i as u32 + k) % 30);
                 let body = json!({"name": format!("Item {}", k + 1), "price_cents": price});
                 let path = format!("/api/shops/{id}/products");
-                let (_, p): (_, IdOnly) =
-                    retry(|| rest.post(&path, Some(&l.token), &body, None)).await?;
+                let (_, p): (_, IdOnly) = rest
+                    .retrying(Retry::SETUP, || {
+                        rest.post(&path, Some(&l.token), &body, None)
+                    })
+                    .await?;
                 ids.push(p.id);
             }
             Ok(ShopAcct {
@@ -349,12 +189,18 @@ impl Setup<'_> {
             let run = u32::from_str_radix(tag.get(..8).unwrap_or("0"), 16).unwrap_or(0);
             let body = json!({"name": format!("Loadtest driver {tag}-{i}"),
                               "phone": format!("+{:08} {i:07}", run % 100_000_000)});
-            let (_, created): (_, CreatedDriver) =
-                retry(|| rest.post("/api/admin/drivers", Some(admin), &body, None)).await?;
+            let (_, created): (_, CreatedDriver) = rest
+                .retrying(Retry::SETUP, || {
+                    rest.post("/api/admin/drivers", Some(admin), &body, None)
+                })
+                .await?;
             let id = created.driver.id;
             let login = json!({"role": "driver", "account_id": id, "code": created.login_code});
-            let (_, l): (_, Login) =
-                retry(|| rest.post("/api/auth/login", None, &login, None)).await?;
+            let (_, l): (_, Login) = rest
+                .retrying(Retry::SETUP, || {
+                    rest.post("/api/auth/login", None, &login, None)
+                })
+                .await?;
             Ok(Acct { id, token: l.token })
         })
         .await
@@ -367,8 +213,11 @@ impl Setup<'_> {
         bounded("buyers", n, self.concurrency, &self.pb, |i| async move {
             let body = json!({"name": format!("Loadtest buyer {tag}-{i}"),
                               "phone": format!("+49 30 {i:07}")});
-            let (_, b): (_, CreatedBuyer) =
-                retry(|| rest.post("/api/buyers", admin, &body, None)).await?;
+            let (_, b): (_, CreatedBuyer) = rest
+                .retrying(Retry::SETUP, || {
+                    rest.post("/api/buyers", admin, &body, None)
+                })
+                .await?;
             Ok(Acct {
                 id: b.buyer.id,
                 token: b.token,

@@ -1,7 +1,7 @@
 //! Buyers: a socket per buyer subscribed to `buyer:<id>` that timestamps every order message
 //! (the "transition → buyer has it" latencies), and the order generator that places orders over
-//! REST at a fixed total rate, each with a fresh `Idempotency-Key`, and hands the OTP to the
-//! drivers through the shared map.
+//! REST at a fixed total rate, each with a fresh `Idempotency-Key` (reused by its retries), and
+//! hands the OTP to the drivers through the shared map.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,10 +14,12 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use uuid::Uuid;
 
+use crate::backoff::Retry;
 use crate::cli::BBox;
 use crate::metrics::{Metrics, Violation};
 use crate::proto::{Event, Order};
-use crate::setup::{Acct, Rest, ShopAcct};
+use crate::rest::Rest;
+use crate::setup::{Acct, ShopAcct};
 use crate::ws::{Actor, Outbox, TopicKind, stopped};
 
 /// A buyer's socket. It sends nothing after subscribing; it only observes.
@@ -121,9 +123,10 @@ impl OrderGen {
         let _ = tokio::time::timeout(INFLIGHT_GRACE, inflight.acquire_many(all)).await;
     }
 
-    fn order_body(&self) -> (&Acct, serde_json::Value) {
+    /// A random order: the index of the buyer who places it, and the body.
+    fn order_body(&self) -> (usize, serde_json::Value) {
         let mut rng = rand::thread_rng();
-        let buyer = &self.buyers[rng.gen_range(0..self.buyers.len())];
+        let buyer = rng.gen_range(0..self.buyers.len());
         let shop = &self.shops[rng.gen_range(0..self.shops.len())];
         let lines = rng.gen_range(1..=shop.products.len().min(3));
         let chosen: Vec<Uuid> = shop
@@ -148,26 +151,29 @@ impl OrderGen {
 
     async fn place_one(&self) {
         let (buyer, body) = self.order_body();
+        let token = self.buyers[buyer].token.as_str();
         let key = Uuid::new_v4().to_string();
         let sent = Instant::now();
-        // One retry with the same key on a transient failure: the idempotency key makes it
-        // safe, and the hub must answer with the same order.
-        let mut result = self
+        // Retried on no answer, 429 and 503 (honouring Retry-After) with the same key: the hub
+        // never creates a second order for it, and answers a retry of a request that did
+        // create one with that order (200, an idempotent replay).
+        let result = self
             .rest
-            .post::<Placed>("/api/orders", Some(&buyer.token), &body, Some(&key))
+            .retrying(Retry::ORDER, || {
+                self.rest
+                    .post::<Placed>("/api/orders", Some(token), &body, Some(&key))
+            })
             .await;
-        if result.as_ref().is_err_and(|e| e.retriable()) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            result = self
-                .rest
-                .post::<Placed>("/api/orders", Some(&buyer.token), &body, Some(&key))
-                .await;
-        }
         match result {
             Ok((status, placed)) => {
                 self.metrics.order_post.record(sent.elapsed());
-                self.metrics
-                    .order_placed(&placed.order, placed.otp, sent, status == 200);
+                self.metrics.order_placed(
+                    &placed.order,
+                    placed.otp,
+                    sent,
+                    status == 200,
+                    buyer as u32,
+                );
             }
             Err(_) => {
                 self.metrics.orders_failed.fetch_add(1, Relaxed);

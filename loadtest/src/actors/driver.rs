@@ -235,6 +235,21 @@ impl Actor for Driver {
         self.book.apply(order);
     }
 
+    fn on_retry(&mut self, action: Action, id: Uuid, out: &mut Outbox<DriverCmd>) {
+        // the same checks as the first time: the order must still be ours, in the same state
+        match action {
+            Action::PickUp => self.on_timer(DriverCmd::PickUp(id), out),
+            Action::Decline => self.on_timer(DriverCmd::Decline(id), out),
+            Action::Deliver => self.on_timer(DriverCmd::Deliver(id, 0), out),
+            Action::FailDelivery => {
+                if let Some(v) = self.mine(id, Status::PickedUp) {
+                    out.transition(id, Action::FailDelivery, v, None);
+                }
+            }
+            Action::Accept | Action::MarkReady => {}
+        }
+    }
+
     fn on_transition_error(
         &mut self,
         action: Action,

@@ -105,6 +105,16 @@ impl Actor for Vendor {
         self.book.apply(order);
     }
 
+    fn on_retry(&mut self, action: Action, id: Uuid, out: &mut Outbox<VendorCmd>) {
+        let Some(h) = self.book.get(id) else { return };
+        match (action, h.status) {
+            (Action::Accept, Status::Pending) | (Action::MarkReady, Status::Accepted) => {
+                out.transition(id, action, h.version, None);
+            }
+            _ => {}
+        }
+    }
+
     fn on_transition_error(
         &mut self,
         action: Action,

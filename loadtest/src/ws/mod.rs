@@ -1,42 +1,46 @@
 //! One task per socket: connect from a chosen loopback source address, authenticate, subscribe
 //! to one topic, then select over incoming frames, the actor's timers, an optional periodic
-//! tick and the stop signal. Reconnects with exponential backoff and jitter, a bounded number of
-//! times.
+//! tick and the stop signal. Reconnects with exponential backoff and jitter; `--max-reconnects`
+//! bounds consecutive failures, and a session that stayed up for
+//! [`STABLE_SESSION`](crate::backoff::STABLE_SESSION) starts the count afresh
+//! ([`Reconnect`]).
+//!
+//! A `transition` the hub answers with `unavailable` or `internal` (the protocol's "retry") is
+//! retried here with [`Retry::COMMAND`]: the loop owns the budget and the backoff, the actor
+//! decides from what it holds by then whether the command still applies
+//! ([`Actor::on_retry`]).
 //!
 //! The loop also enforces the client-side version rule per connection and counts the
 //! correctness violations that can be seen from a single socket (stale/duplicate versions and,
 //! on topics that carry every event, gaps).
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+mod connect;
+mod outbox;
+
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use rand::Rng;
-use tokio::net::{TcpSocket, TcpStream};
+use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
+use crate::backoff::{self, Reconnect};
 use crate::metrics::{Metrics, Violation};
-use crate::proto::{
-    Action, ClientMsg, Event, Order, ServerMsg, parse_transition_ref, transition_ref,
-};
-
-type Ws = WebSocketStream<TcpStream>;
+use crate::proto::{Action, Event, Order, ServerMsg, parse_transition_ref};
+use connect::{Ws, open, short_ws_error};
+pub use outbox::Outbox;
+use outbox::{Due, flush};
 
 /// Connect + upgrade + auth + subscribe + snapshot must finish within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing socket waits for the hub's close answer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Where and how sockets connect; shared by all socket tasks.
 pub struct Net {
     pub hub: SocketAddr,
     pub ws_url: String,
@@ -54,17 +58,6 @@ impl Net {
             Some(self.sources[i % self.sources.len()])
         }
     }
-}
-
-/// Small buffers: thousands of mostly idle sockets must stay cheap.
-fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.read_buffer_size = 4 * 1024;
-    c.write_buffer_size = 0;
-    c.max_write_buffer_size = 1 << 20;
-    c.max_message_size = Some(16 << 20);
-    c.max_frame_size = Some(16 << 20);
-    c
 }
 
 /// What a topic delivers, for the gap check.
@@ -119,109 +112,15 @@ pub trait Actor: Send + 'static {
         _out: &mut Outbox<Self::Cmd>,
     ) {
     }
+
+    /// Time to send `action` on `order` again: the hub answered it with `unavailable` or
+    /// `internal`. Send it (with the version held now) only if it still applies.
+    fn on_retry(&mut self, _action: Action, _order: Uuid, _out: &mut Outbox<Self::Cmd>) {}
 }
 
-enum Frame {
-    Plain(String),
-    Transition {
-        json: String,
-        order: Uuid,
-        action: Action,
-    },
-}
-
-struct Timer<C> {
-    at: Instant,
-    seq: u64,
-    cmd: C,
-}
-
-impl<C> PartialEq for Timer<C> {
-    fn eq(&self, o: &Self) -> bool {
-        self.at == o.at && self.seq == o.seq
-    }
-}
-impl<C> Eq for Timer<C> {}
-impl<C> PartialOrd for Timer<C> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<C> Ord for Timer<C> {
-    // reversed: BinaryHeap is a max-heap and the earliest timer must come out first
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// Frames to send and timers to run, filled by an [`Actor`]'s callbacks. Timers outlive a
-/// reconnect; unsent frames do not.
-pub struct Outbox<C> {
-    frames: Vec<Frame>,
-    timers: BinaryHeap<Timer<C>>,
-    seq: u64,
-}
-
-impl<C> Outbox<C> {
-    pub fn new() -> Self {
-        Outbox {
-            frames: Vec::new(),
-            timers: BinaryHeap::new(),
-            seq: 0,
-        }
-    }
-
-    pub fn send(&mut self, msg: &ClientMsg<'_>) {
-        self.frames.push(Frame::Plain(msg.to_json()));
-    }
-
-    /// Send a `transition`; its send time is recorded when the frame is written.
-    pub fn transition(&mut self, order: Uuid, action: Action, expected: u64, otp: Option<&str>) {
-        let reference = transition_ref(action, order);
-        let json = ClientMsg::Transition {
-            reference: &reference,
-            order_id: order,
-            action,
-            expected_version: expected,
-            otp,
-        }
-        .to_json();
-        self.frames.push(Frame::Transition {
-            json,
-            order,
-            action,
-        });
-    }
-
-    /// Run `cmd` through [`Actor::on_timer`] after `delay`.
-    pub fn after(&mut self, delay: Duration, cmd: C) {
-        self.seq += 1;
-        self.timers.push(Timer {
-            at: Instant::now() + delay,
-            seq: self.seq,
-            cmd,
-        });
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|t| t.at)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Vec<C> {
-        let mut due = Vec::new();
-        while self.timers.peek().is_some_and(|t| t.at <= now) {
-            if let Some(t) = self.timers.pop() {
-                due.push(t.cmd);
-            }
-        }
-        due
-    }
-}
-
-impl<C> Default for Outbox<C> {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Is this socket error code the protocol's "could not complete the command; retry"?
+pub fn retriable_code(code: &str) -> bool {
+    matches!(code, "unavailable" | "internal")
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
@@ -252,7 +151,7 @@ pub async fn run_socket<A: Actor>(
         _ = stopped(&mut stop) => return,
     }
     let mut out = Outbox::new();
-    let mut failures = 0u32;
+    let mut budget = Reconnect::new(net.max_reconnects);
     let mut connected_before = false;
     loop {
         if *stop.borrow() {
@@ -271,150 +170,34 @@ pub async fn run_socket<A: Actor>(
                 _ = stopped(&mut stop) => return,
             }
         };
+        let mut retry_after = None;
         match opened {
             Ok(((ws, orders), took)) => {
                 metrics.connected(took, connected_before);
                 connected_before = true;
+                let up = Instant::now();
                 let end = session(ws, orders, &mut actor, &mut out, &metrics, &mut stop).await;
                 metrics.disconnected();
                 match end {
                     None => return,
                     Some(reason) => metrics.error(reason),
                 }
+                budget.session_ended(up.elapsed());
             }
-            Err(reason) => metrics.error(reason),
+            Err(e) => {
+                metrics.error(e.key);
+                retry_after = e.retry_after;
+            }
         }
-        failures += 1;
-        if failures > net.max_reconnects {
+        let Some(backoff) = budget.failed(backoff::jitter(), retry_after) else {
             metrics.gave_up.fetch_add(1, Relaxed);
             return;
-        }
-        let base = Duration::from_millis(500)
-            .saturating_mul(1 << (failures - 1).min(6))
-            .min(Duration::from_secs(30));
-        let backoff = base.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
+        };
         tokio::select! {
             _ = sleep(backoff) => {}
             _ = stopped(&mut stop) => return,
         }
     }
-}
-
-/// Connect, upgrade, authenticate and subscribe. Returns the socket and its snapshot, or an
-/// error key for the error table.
-async fn open(net: &Net, metrics: &Metrics, spec: &SocketSpec) -> Result<(Ws, Vec<Order>), String> {
-    let sock = if net.hub.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("connect:socket:{:?}", e.kind()))?;
-    if let Some(ip) = spec.source {
-        sock.bind(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("connect:bind:{:?}", e.kind()))?;
-    }
-    let stream = sock
-        .connect(net.hub)
-        .await
-        .map_err(|e| format!("connect:tcp:{:?}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(net.ws_url.as_str(), stream, Some(ws_config()))
-            .await
-            .map_err(|e| format!("connect:upgrade:{}", short_ws_error(&e)))?;
-    send_text(&mut ws, ClientMsg::Auth { token: &spec.token }.to_json())
-        .await
-        .map_err(|e| format!("connect:auth_send:{e}"))?;
-    metrics.msgs_out.fetch_add(1, Relaxed);
-    match next_msg(&mut ws, metrics).await? {
-        ServerMsg::Welcome => {}
-        ServerMsg::Error { code, .. } => return Err(format!("connect:auth:{code}")),
-        _ => return Err("connect:auth:unexpected_frame".into()),
-    }
-    let sub = ClientMsg::Subscribe {
-        topic: &spec.topic,
-        reference: "sub",
-    };
-    send_text(&mut ws, sub.to_json())
-        .await
-        .map_err(|e| format!("connect:subscribe_send:{e}"))?;
-    metrics.msgs_out.fetch_add(1, Relaxed);
-    // Only the snapshot (or an error) can answer a single subscribe; skip anything else
-    // (a pong, say), but not forever.
-    for _ in 0..16 {
-        match next_msg(&mut ws, metrics).await? {
-            ServerMsg::Snapshot { orders } => return Ok((ws, orders)),
-            ServerMsg::Error { code, .. } => return Err(format!("connect:subscribe:{code}")),
-            _ => {}
-        }
-    }
-    Err("connect:subscribe:no_snapshot".into())
-}
-
-async fn send_text(ws: &mut Ws, text: String) -> Result<(), String> {
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| short_ws_error(&e))
-}
-
-/// The next JSON frame during the handshake phase.
-async fn next_msg(ws: &mut Ws, metrics: &Metrics) -> Result<ServerMsg, String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                metrics.msgs_in.fetch_add(1, Relaxed);
-                return serde_json::from_str(&t).map_err(|_| "connect:bad_json".to_string());
-            }
-            Some(Ok(Message::Close(f))) => {
-                let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
-                return Err(format!("connect:closed:{code}"));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("connect:read:{}", short_ws_error(&e))),
-            None => return Err("connect:eof".into()),
-        }
-    }
-}
-
-fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Io(io) => format!("io_{:?}", io.kind()),
-        E::Http(resp) => format!("http_{}", resp.status().as_u16()),
-        E::ConnectionClosed | E::AlreadyClosed => "closed".into(),
-        E::Protocol(_) => "protocol".into(),
-        E::Capacity(_) => "capacity".into(),
-        _ => "other".into(),
-    }
-}
-
-/// Write the outbox's frames; transitions get their send time recorded just before the write.
-async fn flush<C>(ws: &mut Ws, out: &mut Outbox<C>, metrics: &Metrics) -> Result<(), String> {
-    if out.frames.is_empty() {
-        return Ok(());
-    }
-    let n = out.frames.len() as u64;
-    for frame in out.frames.drain(..) {
-        let json = match frame {
-            Frame::Plain(json) => json,
-            Frame::Transition {
-                json,
-                order,
-                action,
-            } => {
-                metrics.transition_sent(order, action, std::time::Instant::now());
-                json
-            }
-        };
-        ws.feed(Message::text(json))
-            .await
-            .map_err(|e| format!("socket:write:{}", short_ws_error(&e)))?;
-    }
-    ws.flush()
-        .await
-        .map_err(|e| format!("socket:write:{}", short_ws_error(&e)))?;
-    metrics.msgs_out.fetch_add(n, Relaxed);
-    Ok(())
 }
 
 /// One connected, subscribed session. Returns `None` when stopped, or the reason it was lost.
@@ -480,8 +263,11 @@ async fn session<A: Actor>(
             },
             _ = maybe_tick(&mut tick) => actor.on_tick(out),
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                for cmd in out.pop_due(Instant::now()) {
-                    actor.on_timer(cmd, out);
+                for due in out.pop_due(Instant::now()) {
+                    match due {
+                        Due::Actor(cmd) => actor.on_timer(cmd, out),
+                        Due::Retry(order, action) => actor.on_retry(action, order, out),
+                    }
                 }
             }
         }
@@ -543,17 +329,37 @@ fn handle_text<A: Actor>(
                     seen.insert(order.id, v);
                 }
             }
+            if order.status.is_final() {
+                out.finished(order.id);
+            }
             actor.on_order(&event, &order, out);
         }
-        ServerMsg::Ack { order, .. } => actor.on_ack(&order, out),
+        ServerMsg::Ack { reference, order } => {
+            if let Some((action, id)) = reference.as_deref().and_then(parse_transition_ref) {
+                out.settled(id, action);
+            }
+            actor.on_ack(&order, out);
+        }
         ServerMsg::Error {
             reference,
             code,
             order,
+            retry_after_s,
         } => {
-            metrics.error(format!("ws:{code}"));
+            let key = format!("ws:{code}");
+            metrics.error(key.as_str());
             if let Some((action, id)) = reference.as_deref().and_then(parse_transition_ref) {
                 metrics.transition_failed(id, action);
+                if retriable_code(&code) {
+                    let wait = retry_after_s.map(Duration::from_secs);
+                    if out.schedule_retry(id, action, backoff::jitter(), wait) {
+                        metrics.retried(key);
+                        return;
+                    }
+                    metrics.retry_exhausted(key);
+                } else {
+                    out.settled(id, action);
+                }
                 actor.on_transition_error(action, id, &code, order.as_ref(), out);
             }
         }
@@ -564,21 +370,142 @@ fn handle_text<A: Actor>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::vendor::Vendor;
+    use futures::SinkExt;
+    use serde_json::{Value, json};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
 
-    #[test]
-    fn timers_pop_in_time_order() {
-        let mut out: Outbox<u32> = Outbox::new();
-        out.after(Duration::from_millis(30), 3);
-        out.after(Duration::from_millis(10), 1);
-        out.after(Duration::from_millis(20), 2);
-        out.after(Duration::from_millis(10), 11);
-        let due = out.pop_due(Instant::now() + Duration::from_millis(25));
-        assert_eq!(due, vec![1, 11, 2]);
-        assert!(out.next_deadline().is_some());
-        assert_eq!(
-            out.pop_due(Instant::now() + Duration::from_secs(1)),
-            vec![3]
-        );
-        assert!(out.next_deadline().is_none());
+    fn net(hub: SocketAddr, max_reconnects: u32) -> Arc<Net> {
+        Arc::new(Net {
+            hub,
+            ws_url: format!("ws://{hub}/ws"),
+            sources: Vec::new(),
+            connect_permits: Semaphore::new(4),
+            max_reconnects,
+        })
+    }
+
+    fn spec() -> SocketSpec {
+        SocketSpec {
+            token: "tok".into(),
+            topic: "shop:x".into(),
+            source: None,
+        }
+    }
+
+    async fn recv_json(ws: &mut WebSocketStream<TcpStream>) -> Value {
+        loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn send_json(ws: &mut WebSocketStream<TcpStream>, v: Value) {
+        ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_transition_answered_unavailable_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = listener.local_addr().unwrap();
+        let order = Uuid::new_v4();
+        let pending = json!({"id": order, "status": "pending", "version": 1});
+        // the hub: a snapshot with one pending order; the first `accept` is answered
+        // `unavailable`, the second acked. Returns the transitions it received.
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            assert_eq!(recv_json(&mut ws).await["type"], "auth");
+            send_json(&mut ws, json!({"type": "welcome", "role": "vendor"})).await;
+            assert_eq!(recv_json(&mut ws).await["type"], "subscribe");
+            send_json(&mut ws, json!({"type": "snapshot", "orders": [pending]})).await;
+            let first = recv_json(&mut ws).await;
+            send_json(
+                &mut ws,
+                json!({"type": "error", "ref": first["ref"],
+                "code": "unavailable", "message": "database unavailable"}),
+            )
+            .await;
+            let second = recv_json(&mut ws).await;
+            let accepted = json!({"id": order, "status": "accepted", "version": 2});
+            send_json(
+                &mut ws,
+                json!({"type": "ack", "ref": second["ref"], "order": accepted}),
+            )
+            .await;
+            (first, second, ws)
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let actor = Vendor::new(Uuid::new_v4(), Duration::from_secs(60), metrics.clone());
+        let socket = tokio::spawn(run_socket(
+            net(hub, 0),
+            metrics.clone(),
+            spec(),
+            actor,
+            Instant::now(),
+            stop_rx,
+        ));
+        let (first, second, _ws) = timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the socket retried in time")
+            .unwrap();
+        assert_eq!(first["action"], "accept");
+        assert_eq!(second["action"], "accept");
+        assert_eq!(second["expected_version"], 1);
+        assert_eq!(second["ref"], first["ref"]);
+        let _ = stop_tx.send(true);
+        timeout(Duration::from_secs(5), socket)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(metrics.retries().get("ws:unavailable"), Some(&1));
+        assert_eq!(metrics.errors().get("ws:unavailable"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_socket_gives_up_after_max_reconnects_consecutive_failures() {
+        // a hub that accepts every socket and closes it right after `welcome`
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut n = 0u32;
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                n += 1;
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    continue;
+                };
+                let _ = recv_json(&mut ws).await;
+                send_json(&mut ws, json!({"type": "welcome", "role": "vendor"})).await;
+                let _ = ws.close(None).await;
+                if n == 3 {
+                    return n;
+                }
+            }
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let actor = Vendor::new(Uuid::new_v4(), Duration::from_secs(60), metrics.clone());
+        // 2 reconnects after the first failure: 3 attempts, ~0.75-2.25 s of backoff
+        timeout(
+            Duration::from_secs(10),
+            run_socket(
+                net(hub, 2),
+                metrics.clone(),
+                spec(),
+                actor,
+                Instant::now(),
+                stop_rx,
+            ),
+        )
+        .await
+        .expect("the socket gave up");
+        assert_eq!(server.await.unwrap(), 3);
+        assert_eq!(metrics.gave_up.load(Relaxed), 1);
+        assert_eq!(metrics.connects_ok.load(Relaxed), 0);
     }
 }

@@ -84,6 +84,11 @@ pub struct Config {
     )]
     pub accept_timeout_s: u64,
 
+    /// A `ready` order that has waited this many seconds for a driver is reported to its shop
+    /// and the fleet (a `dispatch_delayed` event); it stays in the dispatch queue.
+    #[arg(long, env = "HUB_READY_ALERT_S", global = true, default_value_t = 120)]
+    pub ready_alert_s: u64,
+
     /// Driver positions are written to Postgres at most this often per driver, in seconds.
     #[arg(long, env = "HUB_POSITION_FLUSH_S", global = true, default_value_t = 5)]
     pub position_flush_s: u64,

@@ -350,3 +350,71 @@ async fn a_commit_whose_answer_was_lost_is_published_once_postgres_answers(db: P
         .collect();
     assert_eq!(versions, vec![1, 2, 3, 4], "every version once, in order");
 }
+
+#[sqlx::test]
+async fn a_ready_order_without_a_driver_is_reported_and_stays_dispatchable(db: PgPool) {
+    use common::{ADMIN, config};
+    let mut c = config();
+    c.ready_alert_s = 1;
+    let hub = TestHub::start_with(db, c).await;
+    let mut p = hub.party().await;
+    // The only driver is off shift.
+    p.driver_ws
+        .send(json!({"type": "availability", "available": false}))
+        .await;
+    p.driver_ws
+        .until("availability", |v| v["type"] == "availability")
+        .await;
+    let mut vendor_ws = hub.socket(&p.vendor).await;
+    vendor_ws.subscribe(&format!("shop:{}", p.shop)).await;
+    let mut fleet = hub.socket(ADMIN).await;
+    fleet.subscribe("fleet").await;
+    let (o, _) = hub
+        .order(&p.buyer_token, &p.shop, &p.product, p.lat + 0.01, p.lng)
+        .await;
+    let id = o["id"].as_str().unwrap().to_owned();
+    for (action, v) in [("accept", 1), ("mark_ready", 2)] {
+        let (s, _) = hub.transition(&p.vendor, &id, action, v, None).await;
+        assert_eq!(s, 200);
+    }
+    let ev = vendor_ws
+        .until("dispatch_delayed", |v| {
+            v["event"]["kind"] == "dispatch_delayed"
+        })
+        .await;
+    assert_eq!(
+        (
+            ev["order"]["status"].as_str(),
+            ev["order"]["version"].as_i64()
+        ),
+        (Some("ready"), Some(4))
+    );
+    assert!(ev["event"]["payload"]["waited_s"].as_u64().is_some());
+    fleet
+        .until("fleet sees it", |v| {
+            v["event"]["kind"] == "dispatch_delayed"
+        })
+        .await;
+    // Reported once only.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (_, events) = hub
+        .call(
+            "GET",
+            &format!("/api/orders/{id}/events"),
+            Some(&p.vendor),
+            None,
+        )
+        .await;
+    let delayed = events
+        .as_array()
+        .or_else(|| events["events"].as_array())
+        .map(|a| a.iter().filter(|e| e["kind"] == "dispatch_delayed").count())
+        .unwrap_or(0);
+    assert_eq!(delayed, 1, "{events}");
+    // Still dispatchable: the driver comes back on shift and gets it.
+    p.driver_ws
+        .send(json!({"type": "availability", "available": true}))
+        .await;
+    let o = hub.wait_status(&p.vendor, &id, "assigned").await;
+    assert_eq!(o["version"], 5);
+}

@@ -306,7 +306,7 @@ impl State {
 
     fn order_changed(&mut self, c: OrderChanged) {
         // Whatever the change, the order is no longer waiting at its old version.
-        self.dequeue(c.id);
+        let was_waiting = self.dequeue(c.id);
         match c.status {
             OrderStatus::Ready => {
                 if let Some(prev) = c.previous_driver {
@@ -317,7 +317,13 @@ impl State {
                 }
                 match c.shop_pos {
                     Some(shop) => {
-                        self.enqueue(c.id, c.version, shop);
+                        match (c.kind, was_waiting) {
+                            // Still the same wait: it keeps its place in the queue.
+                            (EventKind::DispatchDelayed, Some(w)) => {
+                                self.enqueue_at(c.id, c.version, shop, w.seq)
+                            }
+                            _ => self.enqueue(c.id, c.version, shop),
+                        }
                         self.try_dispatch(c.id);
                     }
                     // The shop's position could not be read: look it up again, then come back.
@@ -532,6 +538,7 @@ impl State {
             let sys = SystemInput {
                 assign_to: Some(driver),
                 distance_m: Some(distance_m),
+                waited_s: None,
             };
             let result = match hub.transition_with(Actor::SYSTEM, order, req, sys).await {
                 Ok(_) => Ok(()),

@@ -143,10 +143,12 @@ pub enum Action {
     Deliver,
     FailDelivery,
     ReportDriverLost,
+    /// The dispatcher found no driver for a `ready` order within `HUB_READY_ALERT_S`.
+    ReportDispatchDelayed,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::Accept,
         Action::Reject,
         Action::Cancel,
@@ -158,6 +160,7 @@ impl Action {
         Action::Deliver,
         Action::FailDelivery,
         Action::ReportDriverLost,
+        Action::ReportDispatchDelayed,
     ];
 }
 
@@ -176,6 +179,7 @@ pub enum EventKind {
     Delivered,
     DeliveryFailed,
     DriverLost,
+    DispatchDelayed,
 }
 
 impl EventKind {
@@ -193,6 +197,7 @@ impl EventKind {
             EventKind::Delivered => "delivered",
             EventKind::DeliveryFailed => "delivery_failed",
             EventKind::DriverLost => "driver_lost",
+            EventKind::DispatchDelayed => "dispatch_delayed",
         }
     }
 
@@ -211,6 +216,7 @@ impl EventKind {
             Delivered,
             DeliveryFailed,
             DriverLost,
+            DispatchDelayed,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -280,7 +286,7 @@ pub fn plan(
     let allowed = match action {
         Accept | Reject | MarkReady => is_vendor,
         Cancel => is_vendor || is_buyer || is_system || is_admin,
-        Assign | ReportDriverLost => is_system,
+        Assign | ReportDriverLost | ReportDispatchDelayed => is_system,
         Unassign => is_system || is_admin,
         Decline | PickUp | Deliver => is_driver,
         FailDelivery => is_driver || is_admin,
@@ -322,6 +328,7 @@ pub fn plan(
             DriverChange::Keep,
         ),
         (PickedUp, ReportDriverLost) => (PickedUp, EventKind::DriverLost, DriverChange::Keep),
+        (Ready, ReportDispatchDelayed) => (Ready, EventKind::DispatchDelayed, DriverChange::Keep),
         (from, action) => return Err(TransitionError::Invalid { from, action }),
     };
     Ok(Plan { to, kind, driver })

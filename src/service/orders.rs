@@ -62,6 +62,8 @@ pub struct PlacedOrder {
 pub struct SystemInput {
     pub assign_to: Option<DriverId>,
     pub distance_m: Option<f64>,
+    /// For `dispatch_delayed`: how long the order has waited for a driver.
+    pub waited_s: Option<u64>,
 }
 
 /// May this actor see this order at all? Everyone else gets 404, never 403.
@@ -345,6 +347,11 @@ impl Hub {
                 }
                 if let Some(m) = sys.distance_m {
                     payload.insert("distance_m".into(), (m.round() as i64).into());
+                }
+            }
+            Action::ReportDispatchDelayed => {
+                if let Some(w) = sys.waited_s {
+                    payload.insert("waited_s".into(), w.into());
                 }
             }
             Action::Decline | Action::Unassign | Action::ReportDriverLost => {

@@ -453,6 +453,27 @@ pub async fn pending_before(
     Ok(rows.into_iter().map(|(id, v)| (OrderId(id), v)).collect())
 }
 
+/// `ready` orders that became ready before `cutoff` and were never reported as delayed.
+pub async fn ready_unreported_before(
+    db: &PgPool,
+    cutoff: DateTime<Utc>,
+) -> sqlx::Result<Vec<(OrderId, i32, DateTime<Utc>)>> {
+    let rows: Vec<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT o.id, o.version, o.ready_at FROM orders o
+         WHERE o.status = 'ready' AND o.ready_at < $1
+           AND NOT EXISTS (SELECT 1 FROM order_events e
+                           WHERE e.order_id = o.id AND e.kind = 'dispatch_delayed')
+         ORDER BY o.ready_at LIMIT 500",
+    )
+    .bind(cutoff)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, v, at)| (OrderId(id), v, at))
+        .collect())
+}
+
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Commission {
     pub order_id: Uuid,

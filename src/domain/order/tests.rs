@@ -62,6 +62,7 @@ fn legal(from: OrderStatus, action: Action, actor: Actor) -> Option<(OrderStatus
         (PickedUp, Deliver) => (Delivered, EventKind::Delivered),
         (PickedUp, FailDelivery) => (DeliveryFailed, EventKind::DeliveryFailed),
         (PickedUp, ReportDriverLost) => (PickedUp, EventKind::DriverLost),
+        (Ready, ReportDispatchDelayed) => (Ready, EventKind::DispatchDelayed),
         _ => return None,
     })
 }
@@ -72,7 +73,7 @@ fn rightful(action: Action) -> Vec<Actor> {
     match action {
         Accept | Reject | MarkReady => vec![vendor()],
         Cancel => vec![vendor(), buyer(), Actor::SYSTEM, Actor::ADMIN],
-        Assign | ReportDriverLost => vec![Actor::SYSTEM],
+        Assign | ReportDriverLost | ReportDispatchDelayed => vec![Actor::SYSTEM],
         Unassign => vec![Actor::SYSTEM, Actor::ADMIN],
         Decline | PickUp | Deliver => vec![driver()],
         FailDelivery => vec![driver(), Actor::ADMIN],

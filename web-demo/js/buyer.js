@@ -19,6 +19,7 @@ const STATUS_AFTER = {
   delivered: 'delivered',
   delivery_failed: 'delivery_failed',
   driver_lost: 'picked_up',
+  dispatch_delayed: 'ready',
 };
 
 const EVENT_TEXT = {
@@ -34,6 +35,7 @@ const EVENT_TEXT = {
   delivered: 'Delivered',
   delivery_failed: 'Delivery failed',
   driver_lost: 'Lost contact with the driver',
+  dispatch_delayed: 'Still looking for a free driver nearby',
 };
 
 function main() {

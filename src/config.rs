@@ -89,6 +89,16 @@ pub struct Config {
     #[arg(long, env = "HUB_READY_ALERT_S", global = true, default_value_t = 120)]
     pub ready_alert_s: u64,
 
+    /// The dispatcher compares its queue with the `ready` orders in Postgres this often, in
+    /// seconds, and adds any it lacks.
+    #[arg(
+        long,
+        env = "HUB_DISPATCH_RECONCILE_S",
+        global = true,
+        default_value_t = 30
+    )]
+    pub dispatch_reconcile_s: u64,
+
     /// Driver positions are written to Postgres at most this often per driver, in seconds.
     #[arg(long, env = "HUB_POSITION_FLUSH_S", global = true, default_value_t = 5)]
     pub position_flush_s: u64,

@@ -418,3 +418,29 @@ async fn a_ready_order_without_a_driver_is_reported_and_stays_dispatchable(db: P
     let o = hub.wait_status(&p.vendor, &id, "assigned").await;
     assert_eq!(o["version"], 5);
 }
+
+#[sqlx::test]
+async fn the_dispatcher_reconciles_its_queue_with_postgres(db: PgPool) {
+    use common::config;
+    let mut c = config();
+    c.dispatch_reconcile_s = 1;
+    let hub = TestHub::start_with(db.clone(), c).await;
+    let p = hub.party().await;
+    let (o, _) = hub
+        .order(&p.buyer_token, &p.shop, &p.product, p.lat + 0.01, p.lng)
+        .await;
+    let id = o["id"].as_str().unwrap().to_owned();
+    // The order became ready behind the dispatcher's back (a change it never heard of).
+    sqlx::query(
+        "WITH o AS (UPDATE orders SET status = 'ready', version = 2, ready_at = now()
+                    WHERE id = $1::uuid RETURNING id)
+         INSERT INTO order_events (order_id, version, kind, actor_role)
+         SELECT id, 2, 'ready', 'system' FROM o",
+    )
+    .bind(&id)
+    .execute(&db)
+    .await
+    .unwrap();
+    let o = hub.wait_status(&p.vendor, &id, "assigned").await;
+    assert_eq!(o["driver_id"].as_str(), Some(p.driver.as_str()));
+}

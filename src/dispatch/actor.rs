@@ -76,6 +76,7 @@ struct State {
     /// (version, shop, queue position) of orders whose assignment is being committed.
     waiting_parked: HashMap<OrderId, (i32, GeoPoint, u64)>,
     last_flush: Instant,
+    last_reconcile: Instant,
 }
 
 /// Runs the dispatcher until the hub shuts down. It waits for [`super::DispatchHandle::start`].
@@ -187,6 +188,7 @@ impl State {
                 declined: HashMap::new(),
                 waiting_parked: HashMap::new(),
                 last_flush: Instant::now(),
+                last_reconcile: Instant::now(),
             };
             match st.recover().await {
                 Ok(()) => return Some(st),
@@ -281,6 +283,7 @@ impl State {
                 driver,
                 result,
             } => self.assign_done(order, driver, result),
+            Control::Reconcile(ready) => self.reconcile(ready),
             Control::Crash => panic!("dispatcher crash requested (HUB_DEBUG_FAULTS)"),
             Control::Fleet(reply) => {
                 let now = Instant::now();

@@ -68,6 +68,9 @@ pub(crate) enum Control {
         ok: bool,
     },
     Start(Arc<Hub>),
+    /// The `ready` orders in Postgres (id, version, shop position), read periodically: any the
+    /// queue lacks are added (a missed change, a commit of unknown outcome).
+    Reconcile(Vec<(OrderId, i32, GeoPoint)>),
     /// Debug builds of faults only (`HUB_DEBUG_FAULTS`): make the actor panic, to test its
     /// supervision.
     Crash,
@@ -168,6 +171,10 @@ impl DispatchHandle {
             .control
             .send(Control::LossHandled { driver, order, ok })
             .await;
+    }
+
+    pub(crate) async fn reconcile(&self, ready: Vec<(OrderId, i32, GeoPoint)>) {
+        let _ = self.control.send(Control::Reconcile(ready)).await;
     }
 
     pub(crate) async fn assigned(

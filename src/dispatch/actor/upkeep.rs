@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Driver, FLEET_EVERY, RETRY_AFTER, State};
 use crate::dispatch::{DriverState, OrderChanged};
-use crate::domain::{Action, Actor, DriverId, OrderId, OrderStatus};
+use crate::domain::{Action, Actor, DriverId, GeoPoint, OrderId, OrderStatus};
 use crate::realtime::{Outbound, Topic};
 use crate::service::orders::TransitionRequest;
 use crate::store;
@@ -89,6 +89,54 @@ impl State {
             && let Some(write) = self.flush_positions()
         {
             tokio::spawn(write);
+        }
+        let reconcile_every = Duration::from_secs(self.hub.config.dispatch_reconcile_s.max(1));
+        if now.duration_since(self.last_reconcile) >= reconcile_every {
+            self.last_reconcile = now;
+            self.spawn_reconcile();
+        }
+    }
+
+    /// Reads the `ready` orders from Postgres and hands them back as [`super::Control::Reconcile`].
+    fn spawn_reconcile(&self) {
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            match store::fleet::ready_orders(&hub.db).await {
+                Ok(rows) => {
+                    let ready = rows
+                        .into_iter()
+                        .filter_map(|r| {
+                            let shop = GeoPoint::new(r.shop_lat, r.shop_lng).ok()?;
+                            Some((OrderId(r.id), r.version, shop))
+                        })
+                        .collect();
+                    hub.dispatch.reconcile(ready).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "dispatcher reconciliation read failed"),
+            }
+        });
+    }
+
+    /// Adds the `ready` orders the queue lacks. Never removes: a change the read did not see
+    /// yet may already be on its way, and a stale entry only costs a failed assignment.
+    pub(super) fn reconcile(&mut self, ready: Vec<(OrderId, i32, GeoPoint)>) {
+        let mut added = 0u64;
+        for (id, version, shop) in ready {
+            let known = self.waiting.contains_key(&id)
+                || self.inflight.contains_key(&id)
+                || self.waiting_parked.contains_key(&id);
+            if !known {
+                self.enqueue(id, version, shop);
+                self.try_dispatch(id);
+                added += 1;
+            }
+        }
+        if added > 0 {
+            metrics::counter!("hub_dispatch_reconciled_total").increment(added);
+            tracing::warn!(
+                added,
+                "dispatcher reconciliation found ready orders missing from its queue"
+            );
         }
     }
 

@@ -63,6 +63,19 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
     let (hub, receivers) = build_hub(config.clone(), db);
     let dispatcher = dispatch::spawn(receivers);
     hub.dispatch.start(hub.clone()).await;
+    // Serve once the dispatcher has rebuilt its state (it normally takes milliseconds); if it
+    // cannot yet (Postgres slow), serve anyway — /readyz says 503 until it has.
+    let rebuilt = async {
+        while !hub.dispatch.health.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), rebuilt)
+        .await
+        .is_err()
+    {
+        tracing::warn!("dispatcher not rebuilt after 10 s; serving, /readyz says 503 until it is");
+    }
     dispatch::sweeper::spawn(hub.clone());
     crate::service::auth::spawn_session_sweeper(hub.clone());
     store::health::spawn_probe(hub.db.clone(), hub.shutdown.clone());

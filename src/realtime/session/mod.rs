@@ -1,12 +1,15 @@
 //! One task per socket: the auth handshake, then a loop that reads client frames, drains the
 //! connection's bounded outbound queue, pings, and watches for lag, idleness and shutdown.
 //!
-//! Snapshot-then-live without a gap: on `subscribe` the session registers in the registry
-//! *first*, then reads the snapshot from Postgres and sends it at once. Events published
-//! meanwhile wait in the queue and are sent after it; `sent` (the newest version this socket
-//! has carried per order) drops those the snapshot already covered, and also duplicates from
-//! overlapping topics. Because the queue is only drained by this loop, nothing of the new topic
-//! can overtake its snapshot.
+//! Commands that wait on Postgres (`subscribe`, `unsubscribe`, `transition`) run beside the
+//! loop in a worker ([`commands`]), one at a time and in order, so a slow database never stops
+//! the loop from draining the outbound queue.
+//!
+//! Snapshot-then-live without a gap: on `subscribe` the worker registers in the registry
+//! *first*, then reads the snapshot from Postgres. Messages of that topic that reach the loop
+//! meanwhile are held back (the topic is *pending*) and sent after the snapshot; `sent` (the
+//! newest version this socket has carried per order) drops those the snapshot already covered,
+//! and also duplicates from overlapping topics.
 //!
 //! All-or-nothing subscriptions: every queued message carries the topic it was published on,
 //! and the loop forwards it only if this socket has been *granted* that topic. A subscription
@@ -27,6 +30,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod commands;
+
+use commands::{Command, Done, Worker};
+
 use super::conns::Admission;
 use super::protocol::{ClientMsg, MAX_TEXT, clean_ref, close, error_frame, error_from};
 use super::registry::{ConnId, Outbound, Subscriber};
@@ -35,9 +42,7 @@ use crate::domain::{Actor, DriverId, GeoPoint, OrderId, Role};
 use crate::error::Error;
 use crate::service::Hub;
 use crate::service::auth::SessionInfo;
-use crate::service::orders::{TransitionRequest, visible};
-use crate::service::views::OrderView;
-use crate::store::orders::{self as store, Scope};
+use crate::service::orders::TransitionRequest;
 
 const MAX_TOPICS: usize = 64;
 /// Inbound rate limit: a bucket of 50 messages refilled at 50 per second.
@@ -61,6 +66,11 @@ struct Session {
     sub: Subscriber,
     /// Topics granted to this socket: only their messages are forwarded.
     topics: HashSet<Topic>,
+    /// Topics whose subscription the worker is handling, with the messages held back for them
+    /// until the snapshot is sent (or dropped, if the subscription is refused).
+    pending: HashMap<Topic, Vec<Outbound>>,
+    /// To the command worker.
+    commands: mpsc::Sender<Command>,
     /// Cancelled when the token is revoked (never, for the admin token).
     revoked: CancellationToken,
     /// When the token expires (none for the admin token).
@@ -134,18 +144,31 @@ async fn serve(
         return None;
     }
     let (tx, rx) = mpsc::channel(hub.config.ws_queue.max(1));
+    let (commands, commands_rx) = mpsc::channel(commands::QUEUE);
+    let (done_tx, mut done) = mpsc::channel(commands::QUEUE);
+    let sub = Subscriber {
+        tx,
+        lagged: CancellationToken::new(),
+        driver: (actor.role == Role::Driver)
+            .then_some(actor.id.map(DriverId))
+            .flatten(),
+    };
+    let worker = Worker {
+        hub: hub.clone(),
+        actor,
+        conn,
+        sub: sub.clone(),
+        revoked: revoked.clone(),
+    };
+    hub.tasks.spawn(worker.run(commands_rx, done_tx));
     let mut s = Session {
         conn,
-        sub: Subscriber {
-            tx,
-            lagged: CancellationToken::new(),
-            driver: (actor.role == Role::Driver)
-                .then_some(actor.id.map(DriverId))
-                .flatten(),
-        },
+        sub,
         hub: hub.clone(),
         actor,
         topics: HashSet::new(),
+        pending: HashMap::new(),
+        commands,
         revoked,
         expires_at: session.map(|s| s.expires_at),
         sent: HashMap::new(),
@@ -160,7 +183,15 @@ async fn serve(
         hub.dispatch.driver_connected(d, s.conn).await;
     }
     tracing::debug!(conn = s.conn, %peer, role = actor.role.as_str(), "socket authenticated");
-    let exit = s.run_loop(socket, rx).await;
+    let exit = s.run_loop(socket, rx, &mut done).await;
+    // Hang up on the worker; subscriptions it reports from now on are undone (by it, or here
+    // for those already reported).
+    done.close();
+    while let Ok(d) = done.try_recv() {
+        if let Done::Subscribed { topic, .. } = d {
+            s.topics.insert(topic);
+        }
+    }
     for t in s.topics.drain() {
         hub.registry.unsubscribe(t, s.conn);
     }
@@ -243,6 +274,7 @@ impl Session {
         &mut self,
         socket: &mut WebSocket,
         mut rx: mpsc::Receiver<(Topic, Outbound)>,
+        done: &mut mpsc::Receiver<Done>,
     ) -> Exit {
         let cfg = self.hub.config.clone();
         let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_s.max(1)));
@@ -292,23 +324,29 @@ impl Session {
                         _ => {} // ping / pong
                     }
                 }
+                d = done.recv() => {
+                    let d = d?;
+                    if self.apply(socket, d).await.is_err() {
+                        return self.failed_send_exit();
+                    }
+                }
                 out = rx.recv() => {
                     let (topic, out) = out?;
                     if !self.topics.contains(&topic) {
-                        continue; // queued while a refused (or dropped) subscription was open
-                    }
-                    let text = match out {
-                        Outbound::Order { order_id, version, is_final, text } => {
-                            if !self.mark_sent(order_id, version, is_final) { continue; }
-                            text
+                        if let Some(held) = self.pending.get_mut(&topic) {
+                            // Its snapshot is being read: hold it back (bounded like the queue).
+                            if held.len() >= self.hub.config.ws_queue.max(1) {
+                                self.sub.lagged.cancel();
+                            }
+                            held.push(out);
                         }
-                        Outbound::Text(text) => text,
-                    };
-                    // A socket that cannot take a frame must not hold us past the lag signal.
-                    if self.send_msg(socket, Message::Text(text)).await.is_err() {
+                        // Otherwise it was queued while a refused (or dropped) subscription
+                        // was open: never sent.
+                        continue;
+                    }
+                    if self.forward(socket, out).await.is_err() {
                         return self.failed_send_exit();
                     }
-                    metrics::counter!("hub_frames_sent_total").increment(1);
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= idle {
@@ -320,6 +358,81 @@ impl Session {
                     self.prune_sent();
                     if self.send_msg(socket, Message::Ping(Default::default())).await.is_err() { return None; }
                 }
+            }
+        }
+    }
+
+    /// Sends one queued message unless this socket already carried its version (or a newer one).
+    async fn forward(&mut self, socket: &mut WebSocket, out: Outbound) -> Result<(), ()> {
+        let text = match out {
+            Outbound::Order {
+                order_id,
+                version,
+                is_final,
+                text,
+            } => {
+                if !self.mark_sent(order_id, version, is_final) {
+                    return Ok(());
+                }
+                text
+            }
+            Outbound::Text(text) => text,
+        };
+        // A socket that cannot take a frame must not hold us past the lag signal.
+        self.send_msg(socket, Message::Text(text)).await?;
+        metrics::counter!("hub_frames_sent_total").increment(1);
+        Ok(())
+    }
+
+    /// Applies what the worker did, in the order it did it.
+    async fn apply(&mut self, socket: &mut WebSocket, d: Done) -> Result<(), ()> {
+        match d {
+            Done::Reply(frame) => self.send(socket, frame).await,
+            Done::Subscribed {
+                topic,
+                frame,
+                versions,
+                ..
+            } => {
+                let held = self.pending.remove(&topic).unwrap_or_default();
+                self.topics.insert(topic);
+                for (id, version, is_final) in versions {
+                    self.mark_sent(id, version, is_final);
+                }
+                self.send(socket, frame).await?;
+                for out in held {
+                    self.forward(socket, out).await?;
+                }
+                Ok(())
+            }
+            Done::Refused { topic, frame } => {
+                self.pending.remove(&topic);
+                self.send(socket, frame).await
+            }
+            Done::Unsubscribed { topic, frame } => {
+                self.pending.remove(&topic);
+                self.topics.remove(&topic);
+                self.send(socket, frame).await
+            }
+        }
+    }
+
+    /// Queues a command for the worker; when too many wait, answers `busy` instead.
+    fn enqueue(&mut self, c: Command) -> Option<String> {
+        match self.commands.try_send(c) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) => {
+                let reference = match &c {
+                    Command::Subscribe { reference, .. }
+                    | Command::Unsubscribe { reference, .. }
+                    | Command::Transition { reference, .. } => reference.clone(),
+                };
+                if let Command::Subscribe { topic, .. } = c
+                    && !self.topics.contains(&topic)
+                {
+                    self.pending.remove(&topic);
+                }
+                Some(error_from(&reference, &Error::Busy { retry_after_s: 1 }))
             }
         }
     }
@@ -414,14 +527,6 @@ impl Session {
                 return self.send(socket, e).await.map_err(|_| None);
             }
         };
-        // Commands that need Postgres answer `unavailable` at once while it is known to be down.
-        if let ClientMsg::Subscribe { reference, .. } | ClientMsg::Transition { reference, .. } =
-            &msg
-            && let Err(e) = crate::store::health::check()
-        {
-            let e = error_from(&clean_ref(reference.clone()), &e);
-            return self.send(socket, e).await.map_err(|_| None);
-        }
         let reply = match msg {
             ClientMsg::Auth { .. } => {
                 error_frame(&Value::Null, "bad_request", "already authenticated")
@@ -429,21 +534,32 @@ impl Session {
             ClientMsg::Ping => r#"{"type":"pong"}"#.to_owned(),
             ClientMsg::Subscribe { topic, reference } => {
                 let r = clean_ref(reference);
-                match self.subscribe(&topic, &r).await {
-                    Ok(snapshot) => snapshot,
+                match self.admit_subscription(&topic) {
+                    Ok(t) => {
+                        if !self.topics.contains(&t) {
+                            self.pending.entry(t).or_default();
+                        }
+                        match self.enqueue(Command::Subscribe {
+                            topic: t,
+                            reference: r,
+                        }) {
+                            None => return Ok(()),
+                            Some(busy) => busy,
+                        }
+                    }
                     Err((code, msg)) => error_frame(&r, code, &msg),
                 }
             }
             ClientMsg::Unsubscribe { topic, reference } => {
                 let r = clean_ref(reference);
                 match Topic::parse(&topic) {
-                    Some(t) => {
-                        if self.topics.remove(&t) {
-                            self.hub.registry.unsubscribe(t, self.conn);
-                        }
-                        json!({"type": "unsubscribed", "topic": t.to_string(), "ref": r})
-                            .to_string()
-                    }
+                    Some(t) => match self.enqueue(Command::Unsubscribe {
+                        topic: t,
+                        reference: r,
+                    }) {
+                        None => return Ok(()),
+                        Some(busy) => busy,
+                    },
                     None => error_frame(&r, "bad_topic", "unknown topic"),
                 }
             }
@@ -455,16 +571,19 @@ impl Session {
                 otp,
                 reason,
             } => {
-                let r = clean_ref(reference);
                 let req = TransitionRequest {
                     action,
                     expected_version,
                     otp,
                     reason,
                 };
-                match self.hub.transition(self.actor, order_id, req).await {
-                    Ok(order) => json!({"type": "ack", "ref": r, "order": order}).to_string(),
-                    Err(e) => error_from(&r, &e),
+                match self.enqueue(Command::Transition {
+                    reference: clean_ref(reference),
+                    order_id,
+                    req,
+                }) {
+                    None => return Ok(()),
+                    Some(busy) => busy,
                 }
             }
             ClientMsg::Location { lat, lng } => {
@@ -502,10 +621,11 @@ impl Session {
             .flatten()
     }
 
-    /// Authorizes, registers, then reads and returns the snapshot frame.
-    async fn subscribe(&mut self, raw: &str, r: &Value) -> Result<String, (&'static str, String)> {
+    /// The checks that need no database: the topic parses, this role and subject may have it,
+    /// and the socket has room for it. (An `order:` topic is decided by the worker, from the
+    /// order itself.)
+    fn admit_subscription(&self, raw: &str) -> Result<Topic, (&'static str, String)> {
         let topic = Topic::parse(raw).ok_or(("bad_topic", format!("unknown topic {raw:?}")))?;
-        let forbidden = || ("forbidden", format!("you may not subscribe to {raw}"));
         let a = self.actor;
         let is_admin = a.role == Role::Admin;
         let own = |role: Role, id: uuid::Uuid| is_admin || (a.role == role && a.id == Some(id));
@@ -514,74 +634,19 @@ impl Session {
             Topic::Driver(d) => own(Role::Driver, d.0),
             Topic::Buyer(b) => own(Role::Buyer, b.0),
             Topic::Fleet => is_admin,
-            Topic::Order(_) => true, // decided below, from the order itself
+            Topic::Order(_) => true,
         };
         if !allowed {
-            return Err(forbidden());
+            return Err(("forbidden", format!("you may not subscribe to {raw}")));
         }
-        if !self.topics.contains(&topic) && self.topics.len() >= MAX_TOPICS {
+        let held = self.topics.len() + self.pending.len();
+        if !self.topics.contains(&topic) && !self.pending.contains_key(&topic) && held >= MAX_TOPICS
+        {
             return Err((
                 "bad_request",
                 format!("at most {MAX_TOPICS} topics per connection"),
             ));
         }
-        // Register first, then read: nothing committed in between can be missed.
-        let fresh = self
-            .hub
-            .registry
-            .subscribe(topic, self.conn, self.sub.clone());
-        let snapshot = self.read_snapshot(topic).await;
-        let (orders, drivers) = match snapshot {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                if fresh {
-                    self.hub.registry.unsubscribe(topic, self.conn);
-                }
-                return Err(forbidden());
-            }
-            Err(e) => {
-                if fresh {
-                    self.hub.registry.unsubscribe(topic, self.conn);
-                }
-                return Err((e.code(), e.to_string()));
-            }
-        };
-        self.topics.insert(topic);
-        for o in &orders {
-            self.mark_sent(o.id, o.version, o.status.is_final());
-        }
-        let mut frame =
-            json!({"type": "snapshot", "topic": topic.to_string(), "ref": r, "orders": orders});
-        if let Some(d) = drivers {
-            frame["drivers"] = d;
-        }
-        Ok(frame.to_string())
-    }
-
-    /// The snapshot of a topic, or `None` when the caller may not see it.
-    async fn read_snapshot(
-        &self,
-        topic: Topic,
-    ) -> Result<Option<(Vec<OrderView>, Option<Value>)>, Error> {
-        let db = &self.hub.db;
-        let orders = match topic {
-            Topic::Shop(s) => store::active(db, Scope::Shop(s)).await?,
-            Topic::Buyer(b) => store::active(db, Scope::Buyer(b)).await?,
-            Topic::Driver(d) => store::active(db, Scope::Driver(d)).await?,
-            Topic::Fleet => store::active(db, Scope::All).await?,
-            Topic::Order(id) => match store::get(db, id).await? {
-                Some(o) if visible(self.actor, &o.view) => vec![o],
-                _ => return Ok(None),
-            },
-        };
-        let drivers = if topic == Topic::Fleet {
-            Some(serde_json::to_value(self.hub.dispatch.fleet().await).unwrap_or_default())
-        } else {
-            None
-        };
-        Ok(Some((
-            orders.into_iter().map(|o| o.view).collect(),
-            drivers,
-        )))
+        Ok(topic)
     }
 }

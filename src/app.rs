@@ -112,7 +112,7 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
 }
 
 impl RunningHub {
-    /// Stops accepting, closes every socket with 1001 after its in-flight command finishes,
+    /// Stops accepting, closes every socket with 1001 (a command still running finishes beside it),
     /// waits for the sessions and background writes, then returns.
     pub async fn shutdown(self) {
         self.hub.shutdown.cancel();

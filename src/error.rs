@@ -164,11 +164,15 @@ pub fn is_outage(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // 08: connection exception; 57P: operator intervention (admin/crash shutdown,
             // cannot connect now); 53: insufficient resources (too many connections, disk
-            // full, out of memory); 58: system error (I/O); 40001/40P01 are not outages.
+            // full, out of memory); 58: system error (I/O); 55000: "database is not currently
+            // accepting connections" (seen while Postgres stops); 25006: read-only transaction
+            // (a standby after a failover). Serialization failures (40xxx) are not outages.
             c.starts_with("08")
                 || c.starts_with("57P")
                 || c.starts_with("53")
                 || c.starts_with("58")
+                || c == "55000"
+                || c == "25006"
         }),
         _ => false,
     }

@@ -222,6 +222,13 @@ impl Hub {
         Ok((actor, Some(info)))
     }
 
+    /// Is the session of this token hash still live (not revoked, not expired)?
+    pub async fn session_live(&self, token_hash: &str) -> Result<bool> {
+        Ok(accounts::find_session(&self.db, token_hash)
+            .await?
+            .is_some())
+    }
+
     async fn issue_token(&self, role: Role, subject: Uuid) -> Result<TokenResponse> {
         let (token, hash) = new_token();
         let expires_at = Utc::now() + chrono::Duration::hours(self.config.session_ttl_h.max(1));

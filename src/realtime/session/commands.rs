@@ -1,11 +1,12 @@
 //! The socket's command worker: the commands that wait on Postgres (`subscribe`,
 //! `unsubscribe`, `transition`) run here, one at a time and in the order they arrived, beside
-//! the session loop — so that while a command waits on a slow database the loop keeps draining
-//! the outbound queue and answering pings, and a healthy socket is never closed as a laggard.
+//! the session loop — so that while a transition waits on a slow database the loop keeps
+//! draining the outbound queue and answering pings. (While a `subscribe` is in flight the loop
+//! holds outbound messages back — bounded by the socket's queue — to keep versions in order.)
 //!
 //! The worker owns nothing of the session's state; it tells the loop what happened
 //! ([`Done`]), and the loop applies it in order (granting a topic, marking the snapshot's
-//! versions as sent, then releasing the messages it held back for that topic).
+//! versions as sent, then releasing the messages it held back).
 
 use std::sync::Arc;
 
@@ -81,8 +82,9 @@ impl Worker {
     /// delivered is undone here, so no registration outlives its socket.
     pub(super) async fn run(self, mut commands: mpsc::Receiver<Command>, done: mpsc::Sender<Done>) {
         while let Some(c) = commands.recv().await {
-            // A revoked token runs nothing more (the loop is closing with 4401).
-            if self.revoked.is_cancelled() {
+            // A revoked token runs nothing more (the loop is closing with 4401), and nothing
+            // runs for a socket that is gone.
+            if self.revoked.is_cancelled() || done.is_closed() {
                 break;
             }
             let d = self.execute(c).await;

@@ -6,10 +6,12 @@
 //! the loop from draining the outbound queue.
 //!
 //! Snapshot-then-live without a gap: on `subscribe` the worker registers in the registry
-//! *first*, then reads the snapshot from Postgres. Messages of that topic that reach the loop
-//! meanwhile are held back (the topic is *pending*) and sent after the snapshot; `sent` (the
-//! newest version this socket has carried per order) drops those the snapshot already covered,
-//! and also duplicates from overlapping topics.
+//! *first*, then reads the snapshot from Postgres. From the moment a `subscribe` is queued until
+//! its answer is applied, the loop holds back *every* outbound message (not only that topic's:
+//! a message of another topic could carry a newer version of an order than the snapshot), and
+//! replays them after the snapshot through the granted-topic filter; `sent` (the newest version
+//! this socket has carried per order) drops those the snapshot already covered, and also
+//! duplicates from overlapping topics. Transitions never hold delivery back.
 //!
 //! All-or-nothing subscriptions: every queued message carries the topic it was published on,
 //! and the loop forwards it only if this socket has been *granted* that topic. A subscription
@@ -69,9 +71,10 @@ struct Session {
     sub: Subscriber,
     /// Topics granted to this socket: only their messages are forwarded.
     topics: HashSet<Topic>,
-    /// Topics whose subscription the worker is handling, with the messages held back for them
-    /// until the snapshot is sent (or dropped, if the subscription is refused).
-    pending: HashMap<Topic, Vec<Outbound>>,
+    /// Subscribes queued or running in the worker, per topic.
+    subscribing: HashMap<Topic, usize>,
+    /// Outbound messages held back while any subscribe is in flight, in arrival order.
+    held: std::collections::VecDeque<(Topic, Outbound)>,
     /// To the command worker.
     commands: mpsc::Sender<Command>,
     /// Cancelled when the token is revoked (never, for the admin token).
@@ -122,7 +125,19 @@ async fn authenticated(
         },
         _ => CancellationToken::new(),
     };
-    let exit = serve(hub, socket, peer, actor, session, conn, revoked).await;
+    // Attached first, then checked again: a logout that commits after the handshake's check
+    // either finds this socket attached, or is seen here.
+    if let (Some(key), Some(s)) = (account, &session) {
+        let live = hub.session_live(&s.token_hash).await;
+        if !matches!(live, Ok(true)) {
+            hub.conns.detach(key, conn);
+            return Some(match live {
+                Ok(_) => (close::UNAUTHORIZED, "token revoked"),
+                Err(_) => (close::UNAVAILABLE, "hub unavailable, retry"),
+            });
+        }
+    }
+    let exit = serve(hub, socket, peer, (actor, account), session, conn, revoked).await;
     if let Some(key) = account {
         hub.conns.detach(key, conn);
     }
@@ -133,7 +148,7 @@ async fn serve(
     hub: &Arc<Hub>,
     socket: &mut WebSocket,
     peer: SocketAddr,
-    actor: Actor,
+    (actor, account): (Actor, Option<super::conns::AccountKey>),
     session: Option<SessionInfo>,
     conn: u64,
     revoked: CancellationToken,
@@ -170,7 +185,8 @@ async fn serve(
         hub: hub.clone(),
         actor,
         topics: HashSet::new(),
-        pending: HashMap::new(),
+        subscribing: HashMap::new(),
+        held: std::collections::VecDeque::new(),
         commands,
         revoked,
         expires_at: session.map(|s| s.expires_at),
@@ -195,8 +211,14 @@ async fn serve(
             s.topics.insert(topic);
         }
     }
-    for t in s.topics.drain() {
+    let in_flight: Vec<Topic> = s.subscribing.keys().copied().collect();
+    for t in s.topics.drain().chain(in_flight) {
         hub.registry.unsubscribe(t, s.conn);
+    }
+    // Detached before the dispatcher hears of the disconnect, so that a dispatcher rebuilt in
+    // between does not re-announce this socket.
+    if let Some(key) = account {
+        hub.conns.detach(key, conn);
     }
     if let Some(d) = driver {
         hub.dispatch.driver_disconnected(d, s.conn).await;
@@ -260,26 +282,23 @@ impl Session {
                     }
                 }
                 d = done.recv() => {
-                    let d = d?;
+                    // The worker is gone (it panicked): say so rather than vanish.
+                    let Some(d) = d else { return Some((close::UNAVAILABLE, "internal error")) };
                     if self.apply(socket, d).await.is_err() {
                         return self.failed_send_exit();
                     }
                 }
                 out = rx.recv() => {
                     let (topic, out) = out?;
-                    if !self.topics.contains(&topic) {
-                        if let Some(held) = self.pending.get_mut(&topic) {
-                            // Its snapshot is being read: hold it back (bounded like the queue).
-                            if held.len() >= self.hub.config.ws_queue.max(1) {
-                                self.sub.lagged.cancel();
-                            }
-                            held.push(out);
+                    if !self.subscribing.is_empty() {
+                        // A snapshot is being read: hold everything back (bounded like the queue).
+                        if self.held.len() >= self.hub.config.ws_queue.max(1) {
+                            self.sub.lagged.cancel();
                         }
-                        // Otherwise it was queued while a refused (or dropped) subscription
-                        // was open: never sent.
+                        self.held.push_back((topic, out));
                         continue;
                     }
-                    if self.forward(socket, out).await.is_err() {
+                    if self.forward_granted(socket, topic, out).await.is_err() {
                         return self.failed_send_exit();
                     }
                 }
@@ -295,6 +314,38 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Forwards a message of a granted topic; one of any other topic was queued while a refused
+    /// (or dropped) subscription was open, and is never sent.
+    async fn forward_granted(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        out: Outbound,
+    ) -> Result<(), ()> {
+        if self.topics.contains(&topic) {
+            self.forward(socket, out).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One subscribe of `topic` is answered; when none is left in flight, the messages held
+    /// back meanwhile go out (or are dropped) as if they had just arrived.
+    async fn subscribe_done(&mut self, socket: &mut WebSocket, topic: Topic) -> Result<(), ()> {
+        if let Some(n) = self.subscribing.get_mut(&topic) {
+            *n -= 1;
+            if *n == 0 {
+                self.subscribing.remove(&topic);
+            }
+        }
+        while self.subscribing.is_empty()
+            && let Some((t, out)) = self.held.pop_front()
+        {
+            self.forward_granted(socket, t, out).await?;
+        }
+        Ok(())
     }
 
     /// Sends one queued message unless this socket already carried its version (or a newer one).
@@ -329,23 +380,18 @@ impl Session {
                 versions,
                 ..
             } => {
-                let held = self.pending.remove(&topic).unwrap_or_default();
                 self.topics.insert(topic);
                 for (id, version, is_final) in versions {
                     self.mark_sent(id, version, is_final);
                 }
                 self.send(socket, frame).await?;
-                for out in held {
-                    self.forward(socket, out).await?;
-                }
-                Ok(())
+                self.subscribe_done(socket, topic).await
             }
             Done::Refused { topic, frame } => {
-                self.pending.remove(&topic);
-                self.send(socket, frame).await
+                self.send(socket, frame).await?;
+                self.subscribe_done(socket, topic).await
             }
             Done::Unsubscribed { topic, frame } => {
-                self.pending.remove(&topic);
                 self.topics.remove(&topic);
                 self.send(socket, frame).await
             }
@@ -354,19 +400,23 @@ impl Session {
 
     /// Queues a command for the worker; when too many wait, answers `busy` instead.
     fn enqueue(&mut self, c: Command) -> Option<String> {
+        let subscribing = match &c {
+            Command::Subscribe { topic, .. } => Some(*topic),
+            _ => None,
+        };
         match self.commands.try_send(c) {
-            Ok(()) => None,
+            Ok(()) => {
+                if let Some(t) = subscribing {
+                    *self.subscribing.entry(t).or_default() += 1;
+                }
+                None
+            }
             Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) => {
                 let reference = match &c {
                     Command::Subscribe { reference, .. }
                     | Command::Unsubscribe { reference, .. }
                     | Command::Transition { reference, .. } => reference.clone(),
                 };
-                if let Command::Subscribe { topic, .. } = c
-                    && !self.topics.contains(&topic)
-                {
-                    self.pending.remove(&topic);
-                }
                 Some(error_from(&reference, &Error::Busy { retry_after_s: 1 }))
             }
         }
@@ -471,9 +521,6 @@ impl Session {
                 let r = clean_ref(reference);
                 match self.admit_subscription(&topic) {
                     Ok(t) => {
-                        if !self.topics.contains(&t) {
-                            self.pending.entry(t).or_default();
-                        }
                         match self.enqueue(Command::Subscribe {
                             topic: t,
                             reference: r,
@@ -574,8 +621,10 @@ impl Session {
         if !allowed {
             return Err(("forbidden", format!("you may not subscribe to {raw}")));
         }
-        let held = self.topics.len() + self.pending.len();
-        if !self.topics.contains(&topic) && !self.pending.contains_key(&topic) && held >= MAX_TOPICS
+        let held = self.topics.len() + self.subscribing.len();
+        if !self.topics.contains(&topic)
+            && !self.subscribing.contains_key(&topic)
+            && held >= MAX_TOPICS
         {
             return Err((
                 "bad_request",

@@ -261,6 +261,7 @@ impl Hub {
             Some((h, e)) => (h, Some(e)),
             None => (self.secrets.dummy_hash.clone(), None),
         };
+        let checked_hash = hash.clone();
         let ok = match self.hashing.verify(hash, req.code).await {
             Ok(ok) => ok,
             Err(e @ (Error::Busy { .. } | Error::Unavailable)) => {
@@ -277,8 +278,35 @@ impl Hub {
             attempt.abandon();
             return Err(Error::LoginCodeExpired);
         }
-        attempt.succeeded();
-        self.issue_token(req.role, req.account_id).await
+        // The session is written only if the code checked is still the account's code: a login
+        // in flight when an admin rotates the code must not outlive the rotation.
+        let (token, token_hash) = new_token();
+        let expires_at = Utc::now() + chrono::Duration::hours(self.config.session_ttl_h.max(1));
+        let issued = accounts::insert_session_if_code(
+            &self.db,
+            &token_hash,
+            (req.role, req.account_id),
+            expires_at,
+            &checked_hash,
+        )
+        .await;
+        match issued {
+            Ok(true) => attempt.succeeded(),
+            Ok(false) => {
+                attempt.abandon();
+                return Err(Error::Unauthorized("the login code was just replaced".into()));
+            }
+            Err(e) => {
+                attempt.abandon();
+                return Err(e.into());
+            }
+        }
+        Ok(TokenResponse {
+            token,
+            role: req.role,
+            subject_id: req.account_id,
+            expires_at,
+        })
     }
 
     /// Revokes a token and ends the sockets that authenticated with it.

@@ -17,9 +17,10 @@
 //! never checked the code (busy, database down).
 //!
 //! Memory is bounded: account keys exist only for real accounts; address and pair keys are
-//! capped at [`LoginPolicy::max_keys`] each and the least recently used go first. Evicting a
-//! pair or address key can only hand an attacker back guesses that the account budget (never
-//! evicted) still bounds.
+//! created only for attempts that are let through, capped at [`LoginPolicy::max_keys`] each,
+//! and the least recently used go first — except the pair keys of trusted addresses, which are
+//! what bounds guesses from them. Evicting any other key can only hand an attacker back
+//! guesses that the account budget (never evicted) still bounds.
 //!
 //! Counters are sliding-window estimates over two fixed windows (O(1) memory per key): in any
 //! fixed window a key never exceeds its limit.
@@ -181,21 +182,34 @@ impl<K: Eq + Hash + Copy> Bounded<K> {
     }
 
     fn get(&mut self, k: K, now: Instant) -> &mut Counter {
+        self.get_keeping(k, now, |_| false)
+    }
+
+    /// The counter of `k`, created if need be; when the map is full, the least recently used
+    /// keys go first, except those `keep` protects.
+    fn get_keeping(&mut self, k: K, now: Instant, keep: impl Fn(&K) -> bool) -> &mut Counter {
         if self.map.len() >= self.cap && !self.map.contains_key(&k) {
-            self.evict();
+            self.evict(keep);
         }
         let c = self.map.entry(k).or_insert_with(|| Counter::new(now));
         c.last = now;
         c
     }
 
-    /// Drops the least recently used quarter (never a key with an attempt in progress).
-    fn evict(&mut self) {
+    /// The counter of `k` if there is one (looking never creates a key).
+    fn peek(&mut self, k: &K) -> Option<&mut Counter> {
+        self.map.get_mut(k)
+    }
+
+    /// Drops the least recently used quarter (never a key with an attempt in progress, nor one
+    /// `keep` protects).
+    fn evict(&mut self, keep: impl Fn(&K) -> bool) {
         let mut lasts: Vec<Instant> = self.map.values().map(|c| c.last).collect();
         let k = lasts.len() / 4;
         let (_, cutoff, _) = lasts.select_nth_unstable(k);
         let cutoff = *cutoff;
-        self.map.retain(|_, c| c.in_flight > 0 || c.last > cutoff);
+        self.map
+            .retain(|key, c| c.in_flight > 0 || c.last > cutoff || keep(key));
         metrics::counter!("hub_limiter_evictions_total").increment(1);
     }
 
@@ -274,34 +288,39 @@ impl LoginLimiter {
                 .any(|(a, t)| *a == ip && now.duration_since(*t) < TRUSTED_FOR)
         });
 
-        let pair = st.pairs.get(pair_key, now);
-        let short = pair.windows[0].estimate(now, PAIR_WINDOW) + f64::from(pair.in_flight);
-        if short >= f64::from(PAIR_FAILURES) {
-            return Err(limited(pair.windows[0].retry_after(
-                now,
-                PAIR_WINDOW,
-                PAIR_FAILURES,
-            )));
+        // Looking creates no key: a refused attempt costs the limiter no memory.
+        if let Some(addr) = st.addresses.peek(&ip) {
+            if addr.in_flight >= ADDRESS_IN_FLIGHT {
+                return Err(limited(1));
+            }
+            let used =
+                addr.windows[0].estimate(now, ADDRESS_WINDOW) + f64::from(addr.in_flight);
+            if used >= f64::from(p.address_failures) {
+                return Err(limited(addr.windows[0].retry_after(
+                    now,
+                    ADDRESS_WINDOW,
+                    p.address_failures,
+                )));
+            }
         }
-        if pair.windows[1].estimate(now, DAY) + f64::from(pair.in_flight)
-            >= f64::from(PAIR_DAILY_FAILURES)
-        {
-            return Err(limited(pair.windows[1].retry_after(
-                now,
-                DAY,
-                PAIR_DAILY_FAILURES,
-            )));
-        }
-        let addr = st.addresses.get(ip, now);
-        if addr.in_flight >= ADDRESS_IN_FLIGHT {
-            return Err(limited(1));
-        }
-        if addr.windows[0].estimate(now, ADDRESS_WINDOW) >= f64::from(p.address_failures) {
-            return Err(limited(addr.windows[0].retry_after(
-                now,
-                ADDRESS_WINDOW,
-                p.address_failures,
-            )));
+        if let Some(pair) = st.pairs.peek(&pair_key) {
+            let short = pair.windows[0].estimate(now, PAIR_WINDOW) + f64::from(pair.in_flight);
+            if short >= f64::from(PAIR_FAILURES) {
+                return Err(limited(pair.windows[0].retry_after(
+                    now,
+                    PAIR_WINDOW,
+                    PAIR_FAILURES,
+                )));
+            }
+            if pair.windows[1].estimate(now, DAY) + f64::from(pair.in_flight)
+                >= f64::from(PAIR_DAILY_FAILURES)
+            {
+                return Err(limited(pair.windows[1].retry_after(
+                    now,
+                    DAY,
+                    PAIR_DAILY_FAILURES,
+                )));
+            }
         }
         if exists {
             let acc = st
@@ -318,8 +337,21 @@ impl LoginLimiter {
             }
             acc.in_flight += 1;
         }
-        st.addresses.get(ip, now).in_flight += 1;
-        st.pairs.get(pair_key, now).in_flight += 1;
+        let State {
+            addresses,
+            pairs,
+            trusted: trusted_map,
+            ..
+        } = &mut *st;
+        addresses.get(ip, now).in_flight += 1;
+        // A trusted address's pair counter is what bounds guesses from it (it is exempt from
+        // the account budget), so eviction never drops it.
+        let is_trusted = |k: &PairKey| {
+            trusted_map
+                .get(&k.0)
+                .is_some_and(|v| v.iter().any(|(a, _)| *a == k.1))
+        };
+        pairs.get_keeping(pair_key, now, is_trusted).in_flight += 1;
         Ok(Attempt {
             limiter: self,
             account,
@@ -343,6 +375,8 @@ impl LoginLimiter {
         }
         let addr = st.addresses.get(a.ip, now);
         addr.in_flight = addr.in_flight.saturating_sub(1);
+        // (`finish` may create the pair key again if it was evicted meanwhile — only keys with
+        // no attempt in flight are evicted, so that cannot happen to this one.)
         if failed {
             addr.windows[0].add(now, ADDRESS_WINDOW);
         }
@@ -557,6 +591,43 @@ mod tests {
         let (accounts, addresses, pairs) = l.sizes();
         assert_eq!(accounts, 0, "unknown accounts are not tracked");
         assert!(addresses <= 100 && pairs <= 100, "{addresses} {pairs}");
+    }
+
+    #[test]
+    fn a_spray_of_new_keys_never_evicts_a_trusted_pair() {
+        let l = LoginLimiter::new(LoginPolicy {
+            max_keys: 100,
+            ..LoginPolicy::default()
+        });
+        l.begin(acc(1), true, ip("10.7.7.7")).unwrap().succeeded();
+        for _ in 0..4 {
+            drop(l.begin(acc(1), true, ip("10.7.7.7")).unwrap());
+        }
+        for i in 0..1000u32 {
+            let a = std::net::Ipv4Addr::from(0x0b00_0000 + i);
+            drop(l.begin(acc(1000 + u128::from(i)), false, IpAddr::V4(a)).unwrap());
+        }
+        drop(l.begin(acc(1), true, ip("10.7.7.7")).unwrap());
+        assert!(
+            l.begin(acc(1), true, ip("10.7.7.7")).is_err(),
+            "the trusted pair still remembers its failures"
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_address() {
+        let l = LoginLimiter::new(LoginPolicy {
+            address_failures: 10,
+            ..LoginPolicy::default()
+        });
+        for i in 0..8u128 {
+            drop(l.begin(acc(200 + i), true, ip("10.8.8.8")).unwrap());
+        }
+        let held: Vec<_> = (0..2u128)
+            .map(|i| l.begin(acc(300 + i), true, ip("10.8.8.8")).unwrap())
+            .collect();
+        assert!(l.begin(acc(400), true, ip("10.8.8.8")).is_err());
+        drop(held);
     }
 
     #[test]

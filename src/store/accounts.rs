@@ -257,6 +257,40 @@ pub async fn insert_session(
     Ok(())
 }
 
+/// Inserts a vendor's or driver's session only while `code_hash` is still the account's login
+/// code. The account row is share-locked, so a rotation running at the same moment either
+/// waits for this insert (and then revokes the new session with the others) or makes it see
+/// the new code and insert nothing. False when the code was replaced.
+pub async fn insert_session_if_code(
+    db: &PgPool,
+    token_hash: &str,
+    (role, subject): (Role, Uuid),
+    expires_at: DateTime<Utc>,
+    code_hash: &str,
+) -> sqlx::Result<bool> {
+    let sql = match role {
+        Role::Vendor => {
+            "INSERT INTO sessions (token_hash, role, subject_id, expires_at)
+             SELECT $1, $2, $3, $4 FROM shops WHERE id = $3 AND login_code_hash = $5 FOR SHARE"
+        }
+        Role::Driver => {
+            "INSERT INTO sessions (token_hash, role, subject_id, expires_at)
+             SELECT $1, $2, $3, $4 FROM drivers WHERE id = $3 AND login_code_hash = $5 FOR SHARE"
+        }
+        _ => return Ok(false),
+    };
+    Ok(sqlx::query(sql)
+        .bind(token_hash)
+        .bind(role.as_str())
+        .bind(subject)
+        .bind(expires_at)
+        .bind(code_hash)
+        .execute(db)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
 /// A live (not expired, not revoked) session: its role, subject and expiry.
 pub async fn find_session(
     db: &PgPool,

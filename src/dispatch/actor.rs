@@ -106,8 +106,11 @@ async fn run(mut rx: Receivers) {
         };
         if restarts > 0 {
             // Drivers' sockets outlived the old state: announce them again.
-            for (id, conn) in hub.conns.live_of_role(crate::domain::Role::Driver) {
+            for (id, conn, available) in hub.conns.live_of_role(crate::domain::Role::Driver) {
                 st.control(Control::Connected(DriverId(id), conn));
+                if !available {
+                    st.control(Control::Availability(DriverId(id), false));
+                }
             }
         }
         for m in early.drain(..) {
@@ -128,6 +131,12 @@ async fn run(mut rx: Receivers) {
                     restarts,
                     "dispatcher panicked; rebuilding its state from Postgres"
                 );
+                // A panic that repeats on the rebuilt state must not become a tight loop.
+                let pause = Duration::from_millis(200 * restarts.min(25));
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -318,6 +327,14 @@ impl State {
                     }
                     self.release(prev, c.id);
                 }
+                // Reported delayed while its assignment is being committed: that attempt
+                // fails on the version and puts the order back in its place, at this version.
+                if c.kind == EventKind::DispatchDelayed
+                    && let Some(parked) = self.waiting_parked.get_mut(&c.id)
+                {
+                    parked.0 = c.version;
+                    return;
+                }
                 match c.shop_pos {
                     Some(shop) => {
                         match (c.kind, was_waiting) {
@@ -390,6 +407,8 @@ impl State {
     }
 
     fn enqueue_at(&mut self, id: OrderId, version: i32, shop: GeoPoint, seq: u64) {
+        // One place in the queue per order.
+        self.dequeue(id);
         self.queue.insert(seq, id);
         self.waiting.insert(
             id,
@@ -563,6 +582,18 @@ impl State {
     }
 
     fn assign_done(&mut self, order: OrderId, driver: DriverId, result: Result<(), AssignFailure>) {
+        if self.inflight.get(&order).map(|f| f.0) != Some(driver) {
+            // A late answer for a reservation that already expired (the order may be with
+            // another attempt by now): only this driver's own reservation is undone.
+            if result.is_err()
+                && let Some(d) = self.drivers.get_mut(&driver)
+                && d.reserved == Some(order)
+            {
+                d.reserved = None;
+                self.refresh(driver);
+            }
+            return;
+        }
         let parked = self.waiting_parked.remove(&order);
         let Err(failure) = result else { return };
         // The commit did not happen: the driver is free again, the order waits again.

@@ -24,6 +24,9 @@ pub type AccountKey = (Role, Uuid);
 struct Live {
     token_hash: String,
     revoke: CancellationToken,
+    /// A driver's own availability as last sent on this socket (for a dispatcher rebuilt
+    /// while the socket stays open).
+    available: bool,
 }
 
 /// The permits a socket holds: one of the total, and one of the unauthenticated until it
@@ -105,6 +108,7 @@ impl Connections {
             Live {
                 token_hash,
                 revoke: revoke.clone(),
+                available: true,
             },
         );
         Some(revoke)
@@ -117,17 +121,29 @@ impl Connections {
         self.accounts.remove_if(&account, |_, live| live.is_empty());
     }
 
-    /// Every live socket of accounts with this role (for the dispatcher's re-announce after a
-    /// restart).
-    pub fn live_of_role(&self, role: Role) -> Vec<(Uuid, ConnId)> {
+    /// Every live socket of accounts with this role, with the availability last sent on it
+    /// (for the dispatcher's re-announce after a restart).
+    pub fn live_of_role(&self, role: Role) -> Vec<(Uuid, ConnId, bool)> {
         self.accounts
             .iter()
             .filter(|e| e.key().0 == role)
             .flat_map(|e| {
                 let id = e.key().1;
-                e.value().keys().map(move |c| (id, *c)).collect::<Vec<_>>()
+                e.value()
+                    .iter()
+                    .map(move |(c, l)| (id, *c, l.available))
+                    .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Records a driver's availability as sent on one socket.
+    pub fn set_available(&self, account: AccountKey, conn: ConnId, available: bool) {
+        if let Some(mut live) = self.accounts.get_mut(&account)
+            && let Some(l) = live.get_mut(&conn)
+        {
+            l.available = available;
+        }
     }
 
     /// Ends the sockets authenticated with this token; returns how many.

@@ -294,7 +294,9 @@ impl Hub {
             Ok(true) => attempt.succeeded(),
             Ok(false) => {
                 attempt.abandon();
-                return Err(Error::Unauthorized("the login code was just replaced".into()));
+                return Err(Error::Unauthorized(
+                    "the login code was just replaced".into(),
+                ));
             }
             Err(e) => {
                 attempt.abandon();

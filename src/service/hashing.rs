@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 pub const IDLE_FREE: Duration = Duration::from_secs(2);
 /// Stored hashes asking for more memory than this are refused (they were not made by us).
 const MAX_BLOCKS: u32 = 256 * 1024; // 256 MiB
+const MAX_PASSES: u32 = 16;
 
 enum Job {
     Hash {
@@ -41,10 +42,12 @@ enum Job {
     },
 }
 
-/// A handle to the pool; dropping the last handle stops the workers once the queue drains.
+/// A handle to the pool; dropping it stops the workers once their queues drain. Each worker
+/// has a queue of its own (so that each can notice when it is idle and free its buffer); jobs
+/// go round-robin to the first worker with room.
 pub struct HashPool {
-    tx: SyncSender<Job>,
-    workers: usize,
+    queues: Vec<SyncSender<Job>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl HashPool {
@@ -52,22 +55,26 @@ impl HashPool {
     pub fn new(workers: usize, queue: usize) -> Self {
         tune_allocator();
         let workers = workers.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let per_worker = queue.div_ceil(workers).max(1);
+        let mut queues = Vec::with_capacity(workers);
         for i in 0..workers {
-            let rx = rx.clone();
+            let (tx, rx) = mpsc::sync_channel::<Job>(per_worker);
             let spawned = std::thread::Builder::new()
                 .name(format!("hash-{i}"))
                 .spawn(move || worker(&rx));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start a hashing worker");
+            match spawned {
+                Ok(_) => queues.push(tx),
+                Err(e) => tracing::error!(error = %e, "could not start a hashing worker"),
             }
         }
-        Self { tx, workers }
+        Self {
+            queues,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     pub fn workers(&self) -> usize {
-        self.workers
+        self.queues.len()
     }
 
     /// Hashes a login code into a PHC string.
@@ -88,34 +95,32 @@ impl HashPool {
         rx.await.map_err(Error::internal)?
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                metrics::counter!("hub_hash_jobs_total").increment(1);
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!("hub_hash_rejected_total").increment(1);
-                Err(Error::Busy { retry_after_s: 1 })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                Err(Error::internal(anyhow::anyhow!("hashing pool stopped")))
+    fn submit(&self, mut job: Job) -> Result<()> {
+        let n = self.queues.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for k in 0..n {
+            match self.queues[(start + k) % n].try_send(job) {
+                Ok(()) => {
+                    metrics::counter!("hub_hash_jobs_total").increment(1);
+                    return Ok(());
+                }
+                Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => job = j,
             }
         }
+        drop(job);
+        metrics::counter!("hub_hash_rejected_total").increment(1);
+        Err(Error::Busy { retry_after_s: 1 })
     }
 }
 
-fn worker(rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
+fn worker(rx: &mpsc::Receiver<Job>) {
     let mut blocks: Vec<Block> = Vec::new();
     loop {
-        let next = {
-            let Ok(rx) = rx.lock() else { return };
-            // Wait for work with the buffer held; let it go after a quiet spell.
-            match rx.recv_timeout(IDLE_FREE) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+        // Wait for work with the buffer held; let it go after a quiet spell.
+        let next = match rx.recv_timeout(IDLE_FREE) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         let Some(job) = next else {
             blocks = Vec::new();
@@ -178,8 +183,8 @@ fn verify_with(blocks: &mut Vec<Block>, stored: &str, code: &str) -> Result<bool
         .map_err(argon_err)?
         .unwrap_or_default();
     let params = Params::try_from(&parsed).map_err(argon_err)?;
-    if params.m_cost() > MAX_BLOCKS {
-        return Err(argon_err("stored hash asks for too much memory"));
+    if params.m_cost() > MAX_BLOCKS || params.t_cost() > MAX_PASSES {
+        return Err(argon_err("stored hash asks for too much memory or time"));
     }
     let (Some(salt), Some(want)) = (parsed.salt, parsed.hash) else {
         return Err(argon_err("stored hash lacks salt or output"));

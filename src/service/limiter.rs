@@ -293,8 +293,7 @@ impl LoginLimiter {
             if addr.in_flight >= ADDRESS_IN_FLIGHT {
                 return Err(limited(1));
             }
-            let used =
-                addr.windows[0].estimate(now, ADDRESS_WINDOW) + f64::from(addr.in_flight);
+            let used = addr.windows[0].estimate(now, ADDRESS_WINDOW) + f64::from(addr.in_flight);
             if used >= f64::from(p.address_failures) {
                 return Err(limited(addr.windows[0].retry_after(
                     now,
@@ -605,7 +604,10 @@ mod tests {
         }
         for i in 0..1000u32 {
             let a = std::net::Ipv4Addr::from(0x0b00_0000 + i);
-            drop(l.begin(acc(1000 + u128::from(i)), false, IpAddr::V4(a)).unwrap());
+            drop(
+                l.begin(acc(1000 + u128::from(i)), false, IpAddr::V4(a))
+                    .unwrap(),
+            );
         }
         drop(l.begin(acc(1), true, ip("10.7.7.7")).unwrap());
         assert!(

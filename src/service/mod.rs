@@ -61,6 +61,9 @@ pub struct Hub {
     pub conns: Connections,
     /// Transitions whose commit outcome is unknown, for [`reconcile`].
     ambiguous: tokio::sync::mpsc::Sender<reconcile::Ambiguous>,
+    /// Orders with a commit of unknown outcome still to resolve; a later successful commit of
+    /// the order (which publishes) takes it off.
+    unresolved: DashMap<OrderId, ()>,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
     /// Socket sessions and background tasks, awaited on shutdown.
@@ -97,6 +100,7 @@ impl Hub {
         );
         let hub = Self {
             ambiguous,
+            unresolved: DashMap::new(),
             db,
             config,
             registry,

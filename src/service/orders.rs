@@ -414,6 +414,9 @@ impl Hub {
         } else {
             None
         };
+        if !self.unresolved.is_empty() {
+            self.unresolved.remove(&o.id);
+        }
         let extra = previous_driver.filter(|d| Some(*d) != o.driver_id);
         self.registry.publish_order(o, ev, extra);
         metrics::counter!("hub_transitions_total", "kind" => ev.kind.as_str()).increment(1);

@@ -52,7 +52,10 @@ pub fn spawn(hub: Arc<Hub>, mut rx: mpsc::Receiver<Ambiguous>) {
             loop {
                 match hub.resolve(a).await {
                     Ok(()) => break,
-                    Err(e) if started.elapsed() < GIVE_UP_AFTER => {
+                    // Only an outage is worth waiting out; anything else will not change.
+                    Err(e @ crate::error::Error::Unavailable)
+                        if started.elapsed() < GIVE_UP_AFTER =>
+                    {
                         tracing::debug!(error = %e, order = %a.order, "ambiguous commit not resolved yet");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -76,6 +79,7 @@ impl Hub {
     /// connection fails around a write).
     pub fn commit_unknown(&self, a: Ambiguous) {
         metrics::counter!("hub_commits_ambiguous_total").increment(1);
+        self.unresolved.insert(a.order, ());
         if self.ambiguous.try_send(a).is_err() {
             tracing::error!(order = %a.order, "ambiguous-commit queue full; the order is reconciled on the next restart");
         }
@@ -84,10 +88,17 @@ impl Hub {
     async fn resolve(&self, a: Ambiguous) -> crate::error::Result<()> {
         crate::store::health::check()?;
         let _guard = self.lock_order(a.order).await;
+        // A later transition of the order committed and published since: it carried the order
+        // on (and publishing this one now would repeat or reorder what clients got).
+        if !self.unresolved.contains_key(&a.order) {
+            return Ok(());
+        }
         let Some(rec) = store::get(&self.db, a.order).await? else {
+            self.unresolved.remove(&a.order);
             return Ok(());
         };
         let o = rec.view;
+        self.unresolved.remove(&a.order);
         if o.version < a.version {
             tracing::info!(order = %a.order, version = a.version, "ambiguous commit had not landed");
             return Ok(());

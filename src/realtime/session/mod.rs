@@ -588,6 +588,9 @@ impl Session {
             }
             ClientMsg::Availability { available } => match self.driver() {
                 Some(d) => {
+                    self.hub
+                        .conns
+                        .set_available((Role::Driver, d.0), self.conn, available);
                     self.hub.dispatch.driver_availability(d, available).await;
                     json!({"type": "availability", "available": available}).to_string()
                 }

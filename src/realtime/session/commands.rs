@@ -87,7 +87,9 @@ impl Worker {
             if self.revoked.is_cancelled() || done.is_closed() {
                 break;
             }
-            let d = self.execute(c).await;
+            // Boxed: an idle worker then holds only its small receive state, not the largest
+            // command future (per-socket memory, with thousands of sockets).
+            let d = Box::pin(self.execute(c)).await;
             if let Err(mpsc::error::SendError(d)) = done.send(d).await {
                 self.undo(d);
                 break;

@@ -80,7 +80,13 @@ pub(super) struct Worker {
 impl Worker {
     /// Runs commands until the loop hangs up. A subscription whose result can no longer be
     /// delivered is undone here, so no registration outlives its socket.
-    pub(super) async fn run(self, mut commands: mpsc::Receiver<Command>, done: mpsc::Sender<Done>) {
+    /// (Commands and answers travel boxed: a channel keeps a block of slots per socket, and
+    /// pointer-sized slots keep that small with thousands of sockets.)
+    pub(super) async fn run(
+        self,
+        mut commands: mpsc::Receiver<Box<Command>>,
+        done: mpsc::Sender<Box<Done>>,
+    ) {
         while let Some(c) = commands.recv().await {
             // A revoked token runs nothing more (the loop is closing with 4401), and nothing
             // runs for a socket that is gone.
@@ -89,9 +95,9 @@ impl Worker {
             }
             // Boxed: an idle worker then holds only its small receive state, not the largest
             // command future (per-socket memory, with thousands of sockets).
-            let d = Box::pin(self.execute(c)).await;
-            if let Err(mpsc::error::SendError(d)) = done.send(d).await {
-                self.undo(d);
+            let d = Box::pin(self.execute(*c)).await;
+            if let Err(mpsc::error::SendError(d)) = done.send(Box::new(d)).await {
+                self.undo(*d);
                 break;
             }
         }

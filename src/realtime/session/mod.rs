@@ -76,7 +76,7 @@ struct Session {
     /// Outbound messages held back while any subscribe is in flight, in arrival order.
     held: std::collections::VecDeque<(Topic, Outbound)>,
     /// To the command worker.
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Box<Command>>,
     /// Cancelled when the token is revoked (never, for the admin token).
     revoked: CancellationToken,
     /// When the token expires (none for the admin token).
@@ -207,7 +207,7 @@ async fn serve(
     // for those already reported).
     done.close();
     while let Ok(d) = done.try_recv() {
-        if let Done::Subscribed { topic, .. } = d {
+        if let Done::Subscribed { topic, .. } = *d {
             s.topics.insert(topic);
         }
     }
@@ -231,7 +231,7 @@ impl Session {
         &mut self,
         socket: &mut WebSocket,
         mut rx: mpsc::Receiver<(Topic, Outbound)>,
-        done: &mut mpsc::Receiver<Done>,
+        done: &mut mpsc::Receiver<Box<Done>>,
     ) -> Exit {
         let cfg = self.hub.config.clone();
         let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_s.max(1)));
@@ -284,7 +284,7 @@ impl Session {
                 d = done.recv() => {
                     // The worker is gone (it panicked): say so rather than vanish.
                     let Some(d) = d else { return Some((close::UNAVAILABLE, "internal error")) };
-                    if self.apply(socket, d).await.is_err() {
+                    if self.apply(socket, *d).await.is_err() {
                         return self.failed_send_exit();
                     }
                 }
@@ -404,7 +404,7 @@ impl Session {
             Command::Subscribe { topic, .. } => Some(*topic),
             _ => None,
         };
-        match self.commands.try_send(c) {
+        match self.commands.try_send(Box::new(c)) {
             Ok(()) => {
                 if let Some(t) = subscribing {
                     *self.subscribing.entry(t).or_default() += 1;
@@ -412,7 +412,7 @@ impl Session {
                 None
             }
             Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) => {
-                let reference = match &c {
+                let reference = match &*c {
                     Command::Subscribe { reference, .. }
                     | Command::Unsubscribe { reference, .. }
                     | Command::Transition { reference, .. } => reference.clone(),

@@ -30,9 +30,9 @@ pub struct Config {
     pub admin_token: Option<String>,
 
     /// Server secret from which order OTPs are derived (so that an idempotent retry can return
-    /// the same OTP while the database holds only its hash). When unset, a secret is generated
-    /// once and kept in the database: OTPs survive restarts, but a database dump then reveals
-    /// them. Set it in production.
+    /// the same OTP while the database holds only a keyed tag of it). When unset, a secret is
+    /// generated once and kept in the database: OTPs survive restarts, but a database dump then
+    /// reveals them. Set it in production.
     #[arg(long, env = "HUB_SECRET", global = true, hide_env_values = true)]
     pub secret: Option<String>,
 

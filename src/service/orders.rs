@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::Hub;
-use super::auth::{MAX_OTP_ATTEMPTS, hash_code, otp_params, verify_code};
+use super::auth::MAX_OTP_ATTEMPTS;
 use super::views::{Delivery, EventView, OrderItem, OrderView};
 use crate::dispatch::OrderChanged;
 use crate::domain::order::{self, TransitionError};
@@ -148,7 +148,7 @@ impl Hub {
 
         let id = OrderId::new();
         let otp = self.secrets.otp_for(id);
-        let otp_hash = hash_code(self.secrets.otp_material(&otp), otp_params()).await?;
+        let otp_hash = self.secrets.otp_tag(id);
         let delivery = Delivery {
             lat: req.delivery.lat,
             lng: req.delivery.lng,
@@ -186,10 +186,11 @@ impl Hub {
                 if rec.request_hash.as_deref() != Some(rhash.as_str()) {
                     return Err(Error::IdempotencyConflict);
                 }
-                let otp = self.secrets.otp_for(rec.view.id);
-                let otp = verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp))
+                let otp = self
+                    .secrets
+                    .otp_is_current(rec.view.id, &rec.otp_hash)
                     .await?
-                    .then_some(otp);
+                    .then(|| self.secrets.otp_for(rec.view.id));
                 Ok((
                     PlacedOrder {
                         order: rec.view,
@@ -316,10 +317,12 @@ impl Hub {
             if rec.otp_failed_attempts >= MAX_OTP_ATTEMPTS {
                 return Err(Error::OtpLocked);
             }
-            let otp = req.otp.clone().unwrap_or_default();
-            let ok = super::auth::is_code(&otp)
-                && verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp)).await?;
-            if !ok {
+            // Recomputed and compared in constant time (see docs/security.md): nothing slow
+            // happens under the order's lock.
+            if !self
+                .secrets
+                .otp_matches(id, req.otp.as_deref().unwrap_or_default())
+            {
                 let failures = store::record_otp_failure(&self.db, id).await?;
                 if failures >= MAX_OTP_ATTEMPTS {
                     return Err(Error::OtpLocked);

@@ -133,6 +133,13 @@ pub struct Config {
     )]
     pub db_max_connections: u32,
 
+    /// Most transitions written by one statement and one commit (group commit: transitions of
+    /// different orders that arrive together share a WAL flush). 1 writes each on its own.
+    /// Transitions read and write on connections of their own, up to `HUB_DB_MAX_CONNECTIONS`
+    /// besides the pool's.
+    #[arg(long, env = "HUB_WRITE_GROUP", global = true, default_value_t = 64)]
+    pub write_group: usize,
+
     /// Argon2id memory cost (KiB) for login codes.
     #[arg(
         long,

@@ -112,3 +112,31 @@ async fn a_tag_from_another_secret_means_no_otp_on_retry(db: PgPool) {
     assert_eq!(again["order"]["id"], first["order"]["id"]);
     assert!(again.get("otp").is_none(), "{again}");
 }
+
+/// The hub skips the read when it wrote the version a transition names; the OTP lock holds
+/// even when the counter was raised where this hub could not see it.
+#[sqlx::test]
+async fn a_lock_counted_elsewhere_still_stops_the_delivery(db: PgPool) {
+    let hub = TestHub::start(db.clone()).await;
+    let p = hub.party().await;
+    let (id, otp) = hub.assigned_order(&p).await;
+    let (s, _) = hub
+        .transition(&p.driver_token, &id, "pick_up", 4, None)
+        .await;
+    assert_eq!(s, 200);
+    sqlx::query("UPDATE orders SET otp_failed_attempts = 5 WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let (s, v) = hub
+        .transition(&p.driver_token, &id, "deliver", 5, Some(&otp))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (423, Some("otp_locked")));
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(status, "picked_up");
+}

@@ -30,9 +30,9 @@ pub struct Config {
     pub admin_token: Option<String>,
 
     /// Server secret from which order OTPs are derived (so that an idempotent retry can return
-    /// the same OTP while the database holds only its hash). When unset, a secret is generated
-    /// once and kept in the database: OTPs survive restarts, but a database dump then reveals
-    /// them. Set it in production.
+    /// the same OTP while the database holds only a keyed tag of it). When unset, a secret is
+    /// generated once and kept in the database: OTPs survive restarts, but a database dump then
+    /// reveals them. Set it in production.
     #[arg(long, env = "HUB_SECRET", global = true, hide_env_values = true)]
     pub secret: Option<String>,
 
@@ -132,6 +132,13 @@ pub struct Config {
         default_value_t = 32
     )]
     pub db_max_connections: u32,
+
+    /// Most transitions written by one statement and one commit (group commit: transitions of
+    /// different orders that arrive together share a WAL flush). 1 writes each on its own.
+    /// Transitions read and write on connections of their own, up to `HUB_DB_MAX_CONNECTIONS`
+    /// besides the pool's.
+    #[arg(long, env = "HUB_WRITE_GROUP", global = true, default_value_t = 64)]
+    pub write_group: usize,
 
     /// Argon2id memory cost (KiB) for login codes.
     #[arg(

@@ -311,3 +311,140 @@ async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
         }
     }
 }
+
+/// The hub writes transitions of different orders in groups (one statement, one commit). A
+/// kill while groups are in flight must lose nothing it acknowledged and leave no group half
+/// written: every log stays gapless.
+#[sqlx::test]
+async fn kill_dash_nine_mid_group_commit_loses_nothing_acknowledged(db: PgPool) {
+    dispatch_hub::store::MIGRATOR.run(&db).await.unwrap();
+    let url = db_url_for(&db);
+    let bind = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{bind}");
+    let mut proc = Proc::spawn(&url, &bind);
+    let hub = TestHub {
+        running: None,
+        base: base.clone(),
+        ws_url: format!("ws://{bind}/ws"),
+        http: reqwest::Client::new(),
+    };
+    wait_ready(&hub.http, &base).await;
+    let (shop, vendor, product) = hub.shop(0.0, 0.0).await;
+    let (_, buyer) = hub.buyer().await;
+    let mut orders = Vec::new();
+    for _ in 0..160 {
+        let (o, _) = hub.order(&buyer, &shop, &product, 0.001, 0.001).await;
+        orders.push(o["id"].as_str().unwrap().to_owned());
+    }
+
+    // 32 clients at once, each walking its orders to `ready`; the kill lands mid-stream.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, i64, String)>::new()));
+    let cut_off = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for share in orders.chunks(orders.len() / 32) {
+        let (http, base, vendor, share) = (
+            hub.http.clone(),
+            base.clone(),
+            vendor.clone(),
+            share.to_vec(),
+        );
+        let (acked, cut_off) = (acked.clone(), cut_off.clone());
+        clients.push(tokio::spawn(async move {
+            for id in share {
+                for (action, version) in [("accept", 1), ("mark_ready", 2)] {
+                    let sent = http
+                        .post(format!("{base}/api/orders/{id}/transitions"))
+                        .bearer_auth(&vendor)
+                        .json(&json!({"action": action, "expected_version": version}))
+                        .send()
+                        .await;
+                    let Ok(r) = sent else {
+                        // In flight when the hub died: its outcome is unknown to this client.
+                        cut_off.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    };
+                    let Ok(v) = r.json::<Value>().await else {
+                        cut_off.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    };
+                    let Some(status) = v["status"].as_str() else {
+                        return;
+                    };
+                    acked.lock().unwrap().push((
+                        id.clone(),
+                        v["version"].as_i64().unwrap(),
+                        status.to_owned(),
+                    ));
+                }
+            }
+        }));
+    }
+    // Pull the plug once the stream is well under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 60 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proc.kill9();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let cut_off = cut_off.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !acked.is_empty() && cut_off > 0,
+        "the kill landed mid-stream ({} acknowledged, {cut_off} in flight)",
+        acked.len()
+    );
+
+    // Start again: everything acknowledged is there, and every log is whole.
+    drop(proc);
+    let _proc = Proc::spawn(&url, &bind);
+    wait_ready(&hub.http, &base).await;
+    for (order, version, status) in &acked {
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT kind FROM order_events WHERE order_id = $1::uuid AND version = $2",
+        )
+        .bind(order)
+        .bind(*version as i32)
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        assert_eq!(
+            kind.as_deref(),
+            Some(status.as_str()),
+            "acked {order} v{version}"
+        );
+    }
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o WHERE o.version <> (SELECT count(*) FROM order_events e WHERE e.order_id = o.id)
+            OR o.version <> (SELECT max(version) FROM order_events e WHERE e.order_id = o.id)
+            OR o.status <> (SELECT CASE e.kind WHEN 'created' THEN 'pending' ELSE e.kind END
+                            FROM order_events e WHERE e.order_id = o.id AND e.version = o.version)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0, "every order's row and log agree");
+    // And the restarted hub carries on from wherever each order stopped.
+    for id in &orders {
+        let (_, o) = hub
+            .call("GET", &format!("/api/orders/{id}"), Some(&vendor), None)
+            .await;
+        let mut version = o["version"].as_i64().unwrap();
+        for (from, action) in [("pending", "accept"), ("accepted", "mark_ready")] {
+            let (_, o) = hub
+                .call("GET", &format!("/api/orders/{id}"), Some(&vendor), None)
+                .await;
+            if o["status"] == from {
+                let (s, _) = hub.transition(&vendor, id, action, version, None).await;
+                assert_eq!(s, 200, "{action} {id} after the restart");
+                version += 1;
+            }
+        }
+    }
+    let not_ready: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'ready'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(not_ready, 0);
+}

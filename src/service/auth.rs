@@ -1,5 +1,6 @@
 //! Who is calling: login codes (Argon2id), bearer tokens (256-bit random, stored as SHA-256),
-//! buyer sign-up, OTPs, and the failed-login limiter.
+//! buyer sign-up, OTPs (an HMAC of the order id, recomputed to check), and the failed-login
+//! limiter.
 
 use std::net::IpAddr;
 
@@ -21,6 +22,9 @@ use crate::store::accounts;
 
 /// Wrong OTPs allowed before an order's OTP locks.
 pub const MAX_OTP_ATTEMPTS: i32 = 5;
+
+/// How an OTP tag in `orders.otp_hash` begins (older rows hold an Argon2id hash, `$argon2id$…`).
+pub const OTP_TAG_PREFIX: &str = "hmac-sha256$";
 
 /// Secrets held in memory only.
 pub struct Secrets {
@@ -73,8 +77,9 @@ impl Secrets {
         }
     }
 
-    /// What is hashed for an OTP: the code keyed by the server secret, so that a stolen
-    /// database alone cannot be brute-forced over the 10⁶ possible codes.
+    /// The code keyed by the server secret. Orders placed before OTPs were checked by
+    /// recomputing them stored an Argon2id hash of this; newer orders store it as their tag
+    /// ([`Secrets::otp_tag`]).
     pub fn otp_material(&self, otp: &str) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.otp_key) else {
             return otp.to_owned();
@@ -84,8 +89,8 @@ impl Secrets {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// The order's 6-digit OTP, derived from the server secret so that the database holds only
-    /// its hash and an idempotent retry can still hand the buyer the same code.
+    /// The order's 6-digit OTP, derived from the server secret so that the database need not
+    /// hold it and an idempotent retry can still hand the buyer the same code.
     pub fn otp_for(&self, order: OrderId) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.otp_key) else {
             return "000000".into(); // unreachable: HMAC takes keys of any length
@@ -94,6 +99,36 @@ impl Secrets {
         let out = mac.finalize().into_bytes();
         let n = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) % 1_000_000;
         format!("{n:06}")
+    }
+
+    /// Is `code` this order's OTP? Recomputes it and compares in constant time: no hash to
+    /// verify, no blocking pool. Holds for every order whose OTP was issued under the current
+    /// secret, whatever its row stores in `otp_hash`.
+    pub fn otp_matches(&self, order: OrderId, code: &str) -> bool {
+        is_code(code) && bool::from(self.otp_for(order).as_bytes().ct_eq(code.as_bytes()))
+    }
+
+    /// What a new order stores in `otp_hash`: a tag of its OTP keyed by the server secret. It
+    /// reveals nothing without the secret and is not needed to check a delivery; it only tells
+    /// an idempotent retry whether the OTP was issued under the current secret.
+    pub fn otp_tag(&self, order: OrderId) -> String {
+        format!(
+            "{OTP_TAG_PREFIX}{}",
+            self.otp_material(&self.otp_for(order))
+        )
+    }
+
+    /// Was this order's OTP issued under the current secret (so `otp_for` gives the buyer's
+    /// code)? `stored` is the row's `otp_hash`: a tag for new orders, an Argon2id hash for
+    /// orders placed before tags (checked on the blocking pool; only retries of such orders
+    /// come here).
+    pub async fn otp_is_current(&self, order: OrderId, stored: &str) -> Result<bool> {
+        if stored.starts_with(OTP_TAG_PREFIX) {
+            return Ok(bool::from(
+                self.otp_tag(order).as_bytes().ct_eq(stored.as_bytes()),
+            ));
+        }
+        verify_code(stored.to_owned(), self.otp_material(&self.otp_for(order))).await
     }
 }
 
@@ -128,20 +163,8 @@ pub fn is_login_code(s: &str) -> bool {
     (6..=12).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Argon2id hash of a short code, computed off the async runtime.
-pub async fn hash_code(code: String, params: Params) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(code.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::internal(anyhow::anyhow!("argon2: {e}")))
-    })
-    .await
-    .map_err(Error::internal)?
-}
-
-/// Checks a code against its Argon2id hash, off the async runtime.
+/// Checks a code against its Argon2id hash, off the async runtime (OTPs of orders placed
+/// before tags).
 pub async fn verify_code(hash: String, code: String) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash)
@@ -152,14 +175,6 @@ pub async fn verify_code(hash: String, code: String) -> Result<bool> {
     })
     .await
     .map_err(Error::internal)?
-}
-
-/// Argon2id parameters for OTPs: cheap enough for hundreds of orders per second (each order
-/// hashes once and verifies once). What is hashed is the OTP keyed by the server secret
-/// ([`Secrets::otp_material`]), so a stolen database alone cannot be brute-forced whatever
-/// these costs; Argon2 is the second line should the secret leak too.
-pub fn otp_params() -> Params {
-    Params::new(256, 1, 1, None).unwrap_or_else(|_| Params::default())
 }
 
 #[derive(Debug, Deserialize)]

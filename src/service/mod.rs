@@ -55,6 +55,8 @@ pub struct Hub {
     pub secrets: auth::Secrets,
     pub limiter: limiter::LoginLimiter,
     pub signups: limiter::SignupLimiter,
+    /// Writes transitions, grouping those that arrive together into one commit.
+    pub writer: crate::store::orders::Writer,
     /// Every Argon2id hash and check of a login code runs here (fixed threads and memory).
     pub hashing: hashing::HashPool,
     /// Socket caps and the live sockets of each account (for revocation).
@@ -98,10 +100,13 @@ impl Hub {
             config.max_unauthenticated,
             config.max_sockets_per_account,
         );
+        let writer =
+            crate::store::orders::Writer::new(&db, config.write_group, config.db_max_connections);
         let hub = Self {
             ambiguous,
             unresolved: DashMap::new(),
             db,
+            writer,
             config,
             registry,
             dispatch,

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::Hub;
-use super::auth::{MAX_OTP_ATTEMPTS, hash_code, otp_params, verify_code};
+use super::auth::MAX_OTP_ATTEMPTS;
 use super::views::{Delivery, EventView, OrderItem, OrderView};
 use crate::dispatch::OrderChanged;
 use crate::domain::order::{self, TransitionError};
@@ -148,7 +148,7 @@ impl Hub {
 
         let id = OrderId::new();
         let otp = self.secrets.otp_for(id);
-        let otp_hash = hash_code(self.secrets.otp_material(&otp), otp_params()).await?;
+        let otp_hash = self.secrets.otp_tag(id);
         let delivery = Delivery {
             lat: req.delivery.lat,
             lng: req.delivery.lng,
@@ -173,6 +173,7 @@ impl Hub {
         .await?;
         match inserted {
             Inserted::Created(rec, ev) => {
+                self.writer.remember(&rec);
                 self.after_commit(&rec.view, &ev, None).await;
                 Ok((
                     PlacedOrder {
@@ -186,10 +187,11 @@ impl Hub {
                 if rec.request_hash.as_deref() != Some(rhash.as_str()) {
                     return Err(Error::IdempotencyConflict);
                 }
-                let otp = self.secrets.otp_for(rec.view.id);
-                let otp = verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp))
+                let otp = self
+                    .secrets
+                    .otp_is_current(rec.view.id, &rec.otp_hash)
                     .await?
-                    .then_some(otp);
+                    .then(|| self.secrets.otp_for(rec.view.id));
                 Ok((
                     PlacedOrder {
                         order: rec.view,
@@ -274,7 +276,13 @@ impl Hub {
             return Err(Error::validation("an admin must give a reason"));
         }
         let _guard = self.lock_order(id).await;
-        let rec = store::get(&self.db, id).await?.ok_or(Error::NotFound)?;
+        // The order as of the version the client names, without a read when this hub wrote
+        // that version itself.
+        let rec = self
+            .writer
+            .get_at(id, req.expected_version)
+            .await?
+            .ok_or(Error::NotFound)?;
         if !visible(actor, &rec.view) {
             return Err(Error::NotFound);
         }
@@ -316,11 +324,14 @@ impl Hub {
             if rec.otp_failed_attempts >= MAX_OTP_ATTEMPTS {
                 return Err(Error::OtpLocked);
             }
-            let otp = req.otp.clone().unwrap_or_default();
-            let ok = super::auth::is_code(&otp)
-                && verify_code(rec.otp_hash.clone(), self.secrets.otp_material(&otp)).await?;
-            if !ok {
+            // Recomputed and compared in constant time (see docs/security.md): nothing slow
+            // happens under the order's lock.
+            if !self
+                .secrets
+                .otp_matches(id, req.otp.as_deref().unwrap_or_default())
+            {
                 let failures = store::record_otp_failure(&self.db, id).await?;
+                self.writer.forget(id);
                 if failures >= MAX_OTP_ATTEMPTS {
                     return Err(Error::OtpLocked);
                 }
@@ -363,20 +374,24 @@ impl Hub {
         }
         let commission_cents = (plan.to == OrderStatus::Delivered)
             .then(|| self.config.commission_cents(o.total_cents));
-        let written = store::apply(
-            &self.db,
-            store::Write {
+        let written = self
+            .writer
+            .apply(store::Write {
                 order_id: id,
                 expected_version: req.expected_version,
                 plan,
                 actor,
                 payload: payload.into(),
                 commission_cents,
-            },
-        )
-        .await;
+            })
+            .await;
         let (rec, ev) = match written {
             Ok(w) => w,
+            // The row changed behind this hub's back (the read above may have been skipped):
+            // the current order is shown only to whoever may still see it.
+            Err(WriteError::Conflict(Some(cur))) if !visible(actor, &cur.view) => {
+                return Err(Error::NotFound);
+            }
             Err(WriteError::Conflict(Some(cur))) => {
                 return Err(Error::VersionConflict {
                     expected: req.expected_version,
@@ -385,6 +400,7 @@ impl Hub {
             }
             Err(WriteError::Conflict(None)) => return Err(Error::NotFound),
             Err(WriteError::DriverBusy) => return Err(Error::DriverBusy),
+            Err(WriteError::OtpLocked) => return Err(Error::OtpLocked),
             Err(WriteError::Db(e)) => {
                 // A lost connection around the COMMIT leaves its outcome unknown.
                 if crate::error::is_outage(&e) && !matches!(e, sqlx::Error::PoolTimedOut) {

@@ -1,12 +1,15 @@
 //! Orders and their versioned event log. A transition is one transaction: the optimistic
 //! `UPDATE … WHERE version = expected`, the event row with the new version, and on delivery the
 //! commission row. Nothing outside this transaction learns of the change before it commits.
+//! Transitions are written by [`write`]: one statement per transition, or one for a group of
+//! them (group commit).
+
+mod write;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::domain::order::{DriverChange, Plan};
 use crate::domain::{Actor, BuyerId, DriverId, EventKind, OrderId, OrderStatus, Role, ShopId};
 use crate::service::views::{ActorView, Delivery, EventView, OrderItem, OrderView, Payment};
 
@@ -23,6 +26,8 @@ macro_rules! order_cols {
 }
 
 const COLS: &str = order_cols!();
+
+pub use write::{Write, WriteError, Writer, Written, apply, apply_batch};
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -202,92 +207,13 @@ async fn insert_event(
     })
 }
 
-pub async fn get(db: &PgPool, id: OrderId) -> sqlx::Result<Option<OrderRecord>> {
-    let sql = format!("SELECT {COLS} FROM orders WHERE id = $1");
-    let row: Option<Row> = sqlx::query_as(&sql).bind(id.0).fetch_optional(db).await?;
+pub async fn get<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    id: OrderId,
+) -> sqlx::Result<Option<OrderRecord>> {
+    const SQL: &str = concat!("SELECT ", order_cols!(), " FROM orders WHERE id = $1");
+    let row: Option<Row> = sqlx::query_as(SQL).bind(id.0).fetch_optional(db).await?;
     row.map(OrderRecord::try_from).transpose()
-}
-
-/// A transition to write.
-pub struct Write {
-    pub order_id: OrderId,
-    pub expected_version: i32,
-    pub plan: Plan,
-    pub actor: Actor,
-    pub payload: serde_json::Value,
-    /// Commission for the driver, recorded when the transition delivers the order.
-    pub commission_cents: Option<i64>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The order is not at `expected_version` (it holds the current order, if it exists).
-    #[error("version conflict")]
-    Conflict(Option<Box<OrderRecord>>),
-    /// The driver already holds an active order (the partial unique index said no).
-    #[error("driver already holds an active order")]
-    DriverBusy,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
-/// Applies one transition in one transaction and returns the order at its new version and the
-/// event that was appended.
-pub async fn apply(db: &PgPool, w: Write) -> Result<(OrderRecord, EventView), WriteError> {
-    let (driver_mode, driver_id): (i32, Option<Uuid>) = match w.plan.driver {
-        DriverChange::Keep => (0, None),
-        DriverChange::Set(d) => (1, Some(d.0)),
-        DriverChange::Clear => (2, None),
-    };
-    let mut tx = db.begin().await?;
-    let sql = format!(
-        "UPDATE orders SET
-             status = $3,
-             version = version + 1,
-             driver_id = CASE $4::int WHEN 0 THEN driver_id WHEN 1 THEN $5 ELSE NULL END,
-             ready_at = CASE WHEN $3 = 'ready' THEN COALESCE(ready_at, now()) ELSE ready_at END,
-             payment_status = CASE WHEN $3 = 'delivered' THEN 'collected' ELSE payment_status END,
-             updated_at = now()
-         WHERE id = $1 AND version = $2
-         RETURNING {COLS}"
-    );
-    let row: Option<Row> = match sqlx::query_as(&sql)
-        .bind(w.order_id.0)
-        .bind(w.expected_version)
-        .bind(w.plan.to.as_str())
-        .bind(driver_mode)
-        .bind(driver_id)
-        .fetch_optional(&mut *tx)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) if super::is_unique_violation(&e, "orders_one_active_per_driver_idx") => {
-            return Err(WriteError::DriverBusy);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let Some(row) = row else {
-        tx.rollback().await?;
-        return Err(WriteError::Conflict(
-            get(db, w.order_id).await?.map(Box::new),
-        ));
-    };
-    let rec = OrderRecord::try_from(row)?;
-    let ev = insert_event(&mut tx, &rec, w.plan.kind, w.actor, w.payload).await?;
-    if let (Some(amount), OrderStatus::Delivered, Some(driver)) =
-        (w.commission_cents, rec.view.status, rec.view.driver_id)
-    {
-        sqlx::query(
-            "INSERT INTO commissions (order_id, driver_id, amount_cents) VALUES ($1, $2, $3)",
-        )
-        .bind(rec.view.id.0)
-        .bind(driver.0)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok((rec, ev))
 }
 
 /// Counts one wrong OTP and returns the number of failures so far (at most 5).

@@ -341,7 +341,8 @@ mod tests {
             Some(1_796_174_045_241_372)
         );
         assert_eq!(parse_rfc3339_us("garbage"), None);
-        let msg = r#"{"type":"driver","topic":"fleet","driver":{"at":"1970-01-01T00:00:02Z","id":"x"}}"#;
+        let msg =
+            r#"{"type":"driver","topic":"fleet","driver":{"at":"1970-01-01T00:00:02Z","id":"x"}}"#;
         assert_eq!(stamp(msg).and_then(parse_rfc3339_us), Some(2_000_000));
     }
 }

@@ -113,6 +113,19 @@ async fn an_administrator_shutdown_of_the_connection_is_an_outage_not_a_bug(db: 
     assert_eq!(ws.next_json().await.unwrap()["type"], "pong");
 }
 
+/// An admin's transition with a reason, which must succeed; returns the order.
+async fn admin_transition(
+    hub: &TestHub,
+    id: &str,
+    action: &str,
+    version: i64,
+    reason: &str,
+) -> serde_json::Value {
+    let body = json!({"action": action, "expected_version": version, "reason": reason});
+    let path = format!("/api/orders/{id}/transitions");
+    hub.ok("POST", &path, Some(common::ADMIN), Some(body)).await
+}
+
 #[sqlx::test]
 async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
     use common::ADMIN;
@@ -133,15 +146,7 @@ async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
         (422, Some("validation_failed")),
         "a reason is required"
     );
-    let body = json!({"action": "unassign", "expected_version": 5, "reason": "driver unreachable"});
-    let o = hub
-        .ok(
-            "POST",
-            &format!("/api/orders/{id}/transitions"),
-            Some(ADMIN),
-            Some(body),
-        )
-        .await;
+    let o = admin_transition(&hub, &id, "unassign", 5, "driver unreachable").await;
     assert_eq!(
         (o["status"].as_str(), o["version"].as_i64()),
         (Some("ready"), Some(6))
@@ -154,15 +159,7 @@ async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
     hub.wait_status(&p.vendor, &id, "assigned").await;
 
     // An assigned order can be failed by the admin; the driver is freed.
-    let body = json!({"action": "fail_delivery", "expected_version": 7, "reason": "shop closed"});
-    let o = hub
-        .ok(
-            "POST",
-            &format!("/api/orders/{id}/transitions"),
-            Some(ADMIN),
-            Some(body),
-        )
-        .await;
+    let o = admin_transition(&hub, &id, "fail_delivery", 7, "shop closed").await;
     assert_eq!(o["status"], "delivery_failed");
 
     // A picked-up order can be cancelled by the admin; the driver takes the next order.
@@ -171,15 +168,7 @@ async fn an_admin_can_end_or_hand_back_any_non_final_order(db: PgPool) {
         .transition(&p.driver_token, &id2, "pick_up", 4, None)
         .await;
     assert_eq!(s, 200);
-    let body = json!({"action": "cancel", "expected_version": 5, "reason": "buyer called it off"});
-    let o = hub
-        .ok(
-            "POST",
-            &format!("/api/orders/{id2}/transitions"),
-            Some(ADMIN),
-            Some(body),
-        )
-        .await;
+    let o = admin_transition(&hub, &id2, "cancel", 5, "buyer called it off").await;
     assert_eq!(
         (o["status"].as_str(), o["driver_id"].as_str()),
         (Some("cancelled"), None)
@@ -259,14 +248,7 @@ async fn a_crashed_dispatcher_is_rebuilt_and_keeps_dispatching(db: PgPool) {
         o["status"], "ready",
         "the busy driver must not get a second order"
     );
-    let body = json!({"action": "fail_delivery", "expected_version": 5, "reason": "test"});
-    hub.ok(
-        "POST",
-        &format!("/api/orders/{first}/transitions"),
-        Some(ADMIN),
-        Some(body),
-    )
-    .await;
+    admin_transition(&hub, &first, "fail_delivery", 5, "test").await;
     // A rebuilt dispatcher counts a driver online again at their next location (a driver app
     // sends one every few seconds).
     p.driver_ws

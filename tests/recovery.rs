@@ -168,13 +168,13 @@ async fn drivers_online(hub: &TestHub, w: &World) -> Vec<Ws> {
     socks
 }
 
-#[sqlx::test]
-async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
-    dispatch_hub::store::MIGRATOR.run(&db).await.unwrap();
-    let url = db_url_for(&db);
+/// A hub in a process of its own on `db`, ready: (client, process, database url, bind, base).
+async fn hub_process(db: &PgPool) -> (TestHub, Proc, String, String, String) {
+    dispatch_hub::store::MIGRATOR.run(db).await.unwrap();
+    let url = db_url_for(db);
     let bind = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{bind}");
-    let mut proc = Proc::spawn(&url, &bind);
+    let proc = Proc::spawn(&url, &bind);
     let hub = TestHub {
         running: None,
         base: base.clone(),
@@ -182,6 +182,12 @@ async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
         http: reqwest::Client::new(),
     };
     wait_ready(&hub.http, &base).await;
+    (hub, proc, url, bind, base)
+}
+
+#[sqlx::test]
+async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
+    let (hub, mut proc, url, bind, base) = hub_process(&db).await;
 
     let (shop, vendor, product) = hub.shop(0.0, 0.0).await;
     let (_, buyer) = hub.buyer().await;
@@ -317,18 +323,7 @@ async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
 /// written: every log stays gapless.
 #[sqlx::test]
 async fn kill_dash_nine_mid_group_commit_loses_nothing_acknowledged(db: PgPool) {
-    dispatch_hub::store::MIGRATOR.run(&db).await.unwrap();
-    let url = db_url_for(&db);
-    let bind = format!("127.0.0.1:{}", free_port());
-    let base = format!("http://{bind}");
-    let mut proc = Proc::spawn(&url, &bind);
-    let hub = TestHub {
-        running: None,
-        base: base.clone(),
-        ws_url: format!("ws://{bind}/ws"),
-        http: reqwest::Client::new(),
-    };
-    wait_ready(&hub.http, &base).await;
+    let (hub, mut proc, url, bind, base) = hub_process(&db).await;
     let (shop, vendor, product) = hub.shop(0.0, 0.0).await;
     let (_, buyer) = hub.buyer().await;
     let mut orders = Vec::new();

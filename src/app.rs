@@ -9,8 +9,9 @@ use sqlx::PgPool;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::realtime::Registry;
+use crate::realtime::{Broker, LocalBroker, Registry};
 use crate::service::Hub;
 use crate::{dispatch, http, store};
 
@@ -36,15 +37,58 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Builds the shared state without serving (for `seed-demo` and tests of the service), and
-/// starts the task that resolves commits of unknown outcome.
+/// Builds the shared state of a single process without serving (for `seed-demo` and tests of
+/// the service), and starts the task that resolves commits of unknown outcome.
 pub fn build_hub(config: Arc<Config>, db: PgPool) -> (Arc<Hub>, dispatch::Receivers) {
     let registry = Arc::new(Registry::new());
-    let (handle, receivers) = dispatch::channel();
-    let (hub, ambiguous) = Hub::new(db, config, registry, handle);
+    let broker = Arc::new(LocalBroker::new(registry.clone()));
+    let cluster = Arc::new(Cluster::single(0, "local".into()));
+    assemble(config, db, (registry, broker, cluster))
+}
+
+fn assemble(
+    config: Arc<Config>,
+    db: PgPool,
+    parts: (Arc<Registry>, Arc<dyn Broker>, Arc<Cluster>),
+) -> (Arc<Hub>, dispatch::Receivers) {
+    let (handle, receivers) = dispatch::channel(parts.2.clone());
+    let (hub, ambiguous) = Hub::new(db, config, parts, handle);
     let hub = Arc::new(hub);
     crate::service::reconcile::spawn(hub.clone(), ambiguous);
     (hub, receivers)
+}
+
+/// This node's registry, broker and cluster membership: registered in `cluster_nodes` (its id
+/// prefixes its connection ids), on the bus when `HUB_NATS_URL` is set.
+async fn join(
+    config: &Config,
+    db: &PgPool,
+) -> anyhow::Result<(Arc<Registry>, Arc<dyn Broker>, Arc<Cluster>)> {
+    let name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| config.bind.to_string());
+    let node_id = cluster::register(db, &name).await?;
+    let first = (node_id.max(0) as u64) << cluster::CONN_ID_BITS;
+    let registry = Arc::new(Registry::with_first_conn_id(first));
+    Ok(match &config.nats_url {
+        None => (
+            registry.clone(),
+            Arc::new(LocalBroker::new(registry)),
+            Arc::new(Cluster::single(node_id, name)),
+        ),
+        Some(url) => {
+            let bus =
+                cluster::bus::NatsBus::connect(url, &config.cluster_name, &name, registry.clone())
+                    .await?;
+            tracing::info!(node = node_id, %url, cluster = %config.cluster_name, "joining the cluster");
+            (
+                registry,
+                bus.clone(),
+                Arc::new(Cluster::member(node_id, name, bus)),
+            )
+        }
+    })
 }
 
 /// Migrates, then starts the dispatcher, the timeout sweeper and the HTTP/WebSocket server.
@@ -60,12 +104,22 @@ pub async fn start(config: Config, db: PgPool) -> anyhow::Result<RunningHub> {
         config.secret = Some(store::accounts::secret_or_create(&db, "otp", &fresh).await?);
     }
     let config = Arc::new(config);
-    let (hub, receivers) = build_hub(config.clone(), db);
+    let parts = join(&config, &db).await?;
+    let (hub, receivers) = assemble(config.clone(), db, parts);
     let dispatcher = dispatch::spawn(receivers);
     hub.dispatch.start(hub.clone()).await;
+    if hub.cluster.is_clustered() {
+        cluster::control::spawn(hub.clone()).await?;
+        cluster::lease::spawn(hub.clone());
+    }
+    cluster::spawn_heartbeat(hub.clone());
     // Serve once the dispatcher has rebuilt its state (it normally takes milliseconds); if it
-    // cannot yet (Postgres slow), serve anyway — /readyz says 503 until it has.
+    // cannot yet (Postgres slow), serve anyway — /readyz says 503 until it has. (A cluster
+    // node serves at once: another node may hold the lease.)
     let rebuilt = async {
+        if hub.cluster.is_clustered() {
+            return;
+        }
         while !hub.dispatch.health.is_ready() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

@@ -240,6 +240,26 @@ pub struct Config {
     )]
     pub debug_faults: bool,
 
+    /// NATS server that makes this hub a cluster member (e.g. `nats://127.0.0.1:4222`): events
+    /// reach sockets on every node, one node at a time dispatches (leased through Postgres).
+    /// Unset (the default): a single process with an in-process bus.
+    #[arg(long, env = "HUB_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+
+    /// Name of the cluster: the prefix of its NATS subjects. Nodes with the same database and
+    /// the same name form one cluster.
+    #[arg(long, env = "HUB_CLUSTER", global = true, default_value = "hub")]
+    pub cluster_name: String,
+
+    /// This node's name in `GET /api/admin/cluster` (default: its listening address).
+    #[arg(long, env = "HUB_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
+    /// How often a node that does not hold the dispatcher's lease tries to take it, and the
+    /// holder checks its lease connection, in milliseconds.
+    #[arg(long, env = "HUB_LEASE_POLL_MS", global = true, default_value_t = 250)]
+    pub lease_poll_ms: u64,
+
     /// Folder of the web demo served at `/`.
     #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
     pub web_dir: PathBuf,

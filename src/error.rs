@@ -51,6 +51,9 @@ pub enum Error {
     TooManyConnections,
     #[error("this login code has expired; ask an admin for a new one")]
     LoginCodeExpired,
+    /// Only the dispatcher meets it: its lease moved on before its assignment committed.
+    #[error("this node no longer holds the dispatcher's lease")]
+    NotLeader,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -79,6 +82,7 @@ impl Error {
             Error::Busy { .. } => "busy",
             Error::TooManyConnections => "too_many_connections",
             Error::LoginCodeExpired => "login_code_expired",
+            Error::NotLeader => "not_leader",
             Error::Internal(_) => "internal",
         }
     }
@@ -99,9 +103,10 @@ impl Error {
             Error::Validation(_) | Error::InvalidOtp { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::OtpLocked => StatusCode::LOCKED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable | Error::Busy { .. } | Error::TooManyConnections => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Unavailable
+            | Error::Busy { .. }
+            | Error::TooManyConnections
+            | Error::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
             Error::LoginCodeExpired => StatusCode::UNAUTHORIZED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -30,6 +30,7 @@ fn write(
         actor: Actor::SYSTEM,
         payload: json!({}),
         commission_cents: (to == OrderStatus::Delivered).then_some(321),
+        fence: None,
     }
 }
 

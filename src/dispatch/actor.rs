@@ -11,6 +11,7 @@ mod upkeep;
 
 use super::index::DriverIndex;
 use super::{AssignFailure, Control, Location, OrderChanged, Receivers};
+use crate::cluster::Leadership;
 use crate::domain::{Action, Actor, DriverId, EventKind, GeoPoint, OrderId, OrderStatus};
 use crate::error::Error;
 use crate::realtime::registry::ConnId;
@@ -61,6 +62,9 @@ struct Waiting {
 
 struct State {
     hub: Arc<Hub>,
+    /// The lease's epoch this dispatcher decides under (`None` in a single process): every
+    /// assignment it commits is fenced by it.
+    epoch: Option<i64>,
     max_m: f64,
     stale: Duration,
     grace: Duration,
@@ -94,18 +98,69 @@ async fn run(mut rx: Receivers) {
             None => return,
         }
     };
+    let mut leadership = hub.cluster.watch_leadership();
+    loop {
+        // In a cluster, this node dispatches only while it holds the lease.
+        let Some(epoch) = await_lease(&hub, &mut rx, &mut leadership, &mut early).await else {
+            return;
+        };
+        if !lead(&hub, &mut rx, &mut leadership, &mut early, epoch).await {
+            return;
+        }
+        tracing::warn!(?epoch, "dispatcher lease lost; this node stops dispatching");
+    }
+}
+
+/// Waits until this node holds the dispatcher's lease and returns its epoch (`None`: shut
+/// down). Inputs that reach the actor meanwhile are dropped (the leader has its own), except
+/// those that arrive once the lease is ours: they are kept for after the rebuild.
+async fn await_lease(
+    hub: &Arc<Hub>,
+    rx: &mut Receivers,
+    leadership: &mut tokio::sync::watch::Receiver<Leadership>,
+    early: &mut Vec<Control>,
+) -> Option<Option<i64>> {
+    loop {
+        if let Leadership::Leader { epoch } = *leadership.borrow_and_update() {
+            return Some(epoch);
+        }
+        rx.health.set_ready(false);
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return None,
+            changed = leadership.changed() => if changed.is_err() { return None },
+            m = rx.control.recv() => match m {
+                None => return None,
+                Some(m) if hub.cluster.is_leader() => early.push(m),
+                Some(Control::Fleet(reply)) => { let _ = reply.send(Vec::new()); }
+                Some(_) => {}
+            },
+            Some(_) = rx.locations.recv() => {}
+        }
+    }
+}
+
+/// Dispatches under `epoch` until the lease is lost (false: the hub shut down).
+///
+/// The supervisor: a handler that panics costs the message that caused it, never the
+/// dispatcher — its state is rebuilt from Postgres (plus the drivers connected right now) and
+/// the loop goes on with the same channels, so nothing queued is lost.
+async fn lead(
+    hub: &Arc<Hub>,
+    rx: &mut Receivers,
+    leadership: &mut tokio::sync::watch::Receiver<Leadership>,
+    early: &mut Vec<Control>,
+    epoch: Option<i64>,
+) -> bool {
     let health = rx.health.clone();
-    // The supervisor: a handler that panics costs the message that caused it, never the
-    // dispatcher — its state is rebuilt from Postgres (plus the drivers connected right now)
-    // and the loop goes on with the same channels, so nothing queued is lost.
     let mut restarts = 0u64;
     loop {
         health.set_ready(false);
-        let Some(mut st) = State::rebuilt(hub.clone()).await else {
-            return; // shut down while rebuilding
+        let Some(mut st) = State::rebuilt(hub.clone(), epoch).await else {
+            return false; // shut down while rebuilding
         };
-        if restarts > 0 {
-            // Drivers' sockets outlived the old state: announce them again.
+        if restarts > 0 || hub.cluster.is_clustered() {
+            // Drivers' sockets outlived the old state (or were announced to another leader):
+            // announce this node's again; the other nodes do the same on the announcement.
             for (id, conn, available) in hub.conns.live_of_role(crate::domain::Role::Driver) {
                 st.control(Control::Connected(DriverId(id), conn));
                 if !available {
@@ -117,12 +172,16 @@ async fn run(mut rx: Receivers) {
             st.control(m);
         }
         health.set_ready(true);
-        match serve(&mut st, &mut rx).await {
+        match serve(&mut st, rx, leadership).await {
+            Served::Deposed => {
+                health.set_ready(false);
+                return true;
+            }
             Served::Stopped => {
                 if let Some(last) = st.flush_positions() {
                     last.await;
                 }
-                return;
+                return false;
             }
             Served::Panicked => {
                 restarts += 1;
@@ -134,7 +193,7 @@ async fn run(mut rx: Receivers) {
                 // A panic that repeats on the rebuilt state must not become a tight loop.
                 let pause = Duration::from_millis(200 * restarts.min(25));
                 tokio::select! {
-                    _ = hub.shutdown.cancelled() => return,
+                    _ = hub.shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
@@ -145,10 +204,16 @@ async fn run(mut rx: Receivers) {
 enum Served {
     Stopped,
     Panicked,
+    /// The lease moved on: this node must not dispatch any more.
+    Deposed,
 }
 
 /// The actor's loop. Every handler is synchronous, so a panic is caught right here.
-async fn serve(st: &mut State, rx: &mut Receivers) -> Served {
+async fn serve(
+    st: &mut State,
+    rx: &mut Receivers,
+    leadership: &mut tokio::sync::watch::Receiver<Leadership>,
+) -> Served {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -158,6 +223,12 @@ async fn serve(st: &mut State, rx: &mut Receivers) -> Served {
         let handled = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Served::Stopped,
+            _ = leadership.changed() => {
+                if *leadership.borrow_and_update() != (Leadership::Leader { epoch: st.epoch }) {
+                    return Served::Deposed;
+                }
+                Ok(())
+            }
             m = rx.control.recv() => match m {
                 Some(m) => catch_unwind(AssertUnwindSafe(|| st.control(m))),
                 None => return Served::Stopped,
@@ -181,9 +252,10 @@ impl State {
     /// A fresh state rebuilt from Postgres; retries until Postgres answers (without its state
     /// the dispatcher would treat busy drivers as free and forget waiting orders). `None` when
     /// the hub shuts down meanwhile.
-    async fn rebuilt(hub: Arc<Hub>) -> Option<State> {
+    async fn rebuilt(hub: Arc<Hub>, epoch: Option<i64>) -> Option<State> {
         loop {
             let mut st = State {
+                epoch,
                 max_m: hub.config.dispatch_max_km * 1000.0,
                 stale: Duration::from_secs(hub.config.driver_stale_s),
                 grace: Duration::from_secs(hub.config.driver_grace_s),
@@ -549,6 +621,7 @@ impl State {
             .insert(order, (w.version, w.shop, w.seq));
         let hub = self.hub.clone();
         let version = w.version;
+        let epoch = self.epoch;
         let started = Instant::now();
         tokio::spawn(async move {
             let req = TransitionRequest {
@@ -561,6 +634,7 @@ impl State {
                 assign_to: Some(driver),
                 distance_m: Some(distance_m),
                 waited_s: None,
+                epoch,
             };
             let result = match hub.transition_with(Actor::SYSTEM, order, req, sys).await {
                 Ok(_) => Ok(()),

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::Cluster;
+use crate::cluster::control::Forward;
 use crate::domain::{DriverId, EventKind, GeoPoint, OrderId, OrderStatus, ShopId};
 use crate::realtime::registry::ConnId;
 use crate::service::Hub;
@@ -20,7 +22,7 @@ use crate::service::Hub;
 pub use actor::spawn;
 
 /// A committed order change, as the dispatcher needs to know it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OrderChanged {
     pub id: OrderId,
     pub version: i32,
@@ -133,28 +135,86 @@ const CONTROL_QUEUE: usize = 65_536;
 /// The sending side of the dispatcher. Control messages are never dropped (a sender waits when
 /// the queue is full; the actor itself never sends to it, so it cannot wait on itself);
 /// locations are lossy under overload (the next one a driver sends supersedes it anyway).
+///
+/// In a cluster, the inputs that come from sockets and commits (order changes, driver
+/// presence, locations) go to whichever node holds the dispatcher's lease: this node's actor
+/// when it does, the bus otherwise (see [`crate::cluster::control::Forward`]).
 #[derive(Clone)]
 pub struct DispatchHandle {
     control: mpsc::Sender<Control>,
     locations: mpsc::Sender<Location>,
     pub health: Arc<DispatchHealth>,
+    cluster: Arc<Cluster>,
 }
 
 impl DispatchHandle {
+    /// Whether inputs go to this node's actor (false: to the leader, over the bus).
+    fn here(&self) -> bool {
+        self.cluster.is_leader()
+    }
+
+    fn forward(&self, f: Forward) {
+        if let Some(bus) = &self.cluster.bus {
+            match serde_json::to_vec(&f) {
+                Ok(v) => {
+                    bus.send(
+                        bus.subject(crate::cluster::control::DISPATCH),
+                        bytes::Bytes::from(v),
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "dispatcher input not serialized"),
+            }
+        }
+    }
+
+    /// An input forwarded by another node (this node holds the lease).
+    pub(crate) async fn take_forwarded(&self, f: Forward) {
+        let m = match f {
+            Forward::Order(c) => Control::Order(c),
+            Forward::Connected { driver, conn } => Control::Connected(driver, conn),
+            Forward::Disconnected { driver, conn } => Control::Disconnected(driver, conn),
+            Forward::Availability { driver, available } => Control::Availability(driver, available),
+            Forward::Location { driver, at } => {
+                let _ = self.locations.try_send(Location(driver, at));
+                return;
+            }
+        };
+        let _ = self.control.send(m).await;
+    }
+
     pub async fn order_changed(&self, c: OrderChanged) {
-        let _ = self.control.send(Control::Order(c)).await;
+        if self.here() {
+            let _ = self.control.send(Control::Order(c)).await;
+        } else {
+            self.forward(Forward::Order(c));
+        }
     }
 
-    pub async fn driver_connected(&self, d: DriverId, conn: ConnId) {
-        let _ = self.control.send(Control::Connected(d, conn)).await;
+    pub async fn driver_connected(&self, driver: DriverId, conn: ConnId) {
+        if self.here() {
+            let _ = self.control.send(Control::Connected(driver, conn)).await;
+        } else {
+            self.forward(Forward::Connected { driver, conn });
+        }
     }
 
-    pub async fn driver_disconnected(&self, d: DriverId, conn: ConnId) {
-        let _ = self.control.send(Control::Disconnected(d, conn)).await;
+    pub async fn driver_disconnected(&self, driver: DriverId, conn: ConnId) {
+        if self.here() {
+            let _ = self.control.send(Control::Disconnected(driver, conn)).await;
+        } else {
+            self.forward(Forward::Disconnected { driver, conn });
+        }
     }
 
-    pub async fn driver_availability(&self, d: DriverId, available: bool) {
-        let _ = self.control.send(Control::Availability(d, available)).await;
+    pub async fn driver_availability(&self, driver: DriverId, available: bool) {
+        if self.here() {
+            let _ = self
+                .control
+                .send(Control::Availability(driver, available))
+                .await;
+        } else {
+            self.forward(Forward::Availability { driver, available });
+        }
     }
 
     pub(crate) async fn driver_named(&self, d: DriverId, name: String) {
@@ -163,7 +223,12 @@ impl DispatchHandle {
 
     /// Returns false when the location was dropped because the dispatcher is overloaded.
     pub fn driver_location(&self, d: DriverId, at: GeoPoint) -> bool {
-        self.locations.try_send(Location(d, at)).is_ok()
+        if self.here() {
+            self.locations.try_send(Location(d, at)).is_ok()
+        } else {
+            self.forward(Forward::Location { driver: d, at });
+            true
+        }
     }
 
     pub(crate) async fn loss_handled(&self, driver: DriverId, order: OrderId, ok: bool) {
@@ -193,8 +258,33 @@ impl DispatchHandle {
             .await;
     }
 
-    /// Every known driver's state, for the `fleet` snapshot.
-    pub async fn fleet(&self) -> Vec<DriverState> {
+    /// Every known driver's state, for the `fleet` snapshot (asked of the leader in a
+    /// cluster; empty if it does not answer within 2 s).
+    pub async fn fleet(&self) -> serde_json::Value {
+        if !self.here() {
+            let Some(bus) = &self.cluster.bus else {
+                return serde_json::Value::Array(Vec::new());
+            };
+            let asked = bus
+                .client()
+                .request(
+                    bus.subject(crate::cluster::control::FLEET),
+                    bytes::Bytes::new(),
+                )
+                .await;
+            return match asked {
+                Ok(m) => serde_json::from_slice(&m.payload)
+                    .unwrap_or(serde_json::Value::Array(Vec::new())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the leader did not send its fleet");
+                    serde_json::Value::Array(Vec::new())
+                }
+            };
+        }
+        serde_json::to_value(self.fleet_here().await).unwrap_or_default()
+    }
+
+    async fn fleet_here(&self) -> Vec<DriverState> {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Control::Fleet(tx)).await.is_err() {
             return Vec::new();
@@ -214,7 +304,7 @@ impl DispatchHandle {
 }
 
 /// Creates the channels; [`spawn`] runs the actor on the receiving ends.
-pub fn channel() -> (DispatchHandle, Receivers) {
+pub fn channel(cluster: Arc<Cluster>) -> (DispatchHandle, Receivers) {
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (locations, locations_rx) = mpsc::channel(65_536);
     let health = Arc::new(DispatchHealth::default());
@@ -223,6 +313,7 @@ pub fn channel() -> (DispatchHandle, Receivers) {
             control,
             locations,
             health: health.clone(),
+            cluster,
         },
         Receivers {
             control: control_rx,

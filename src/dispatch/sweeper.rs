@@ -1,7 +1,8 @@
 //! Cancels orders the vendor never accepted, and reports `ready` orders that have waited too
 //! long for a driver (`dispatch_delayed`, once per order; they stay in the dispatch queue). It
 //! polls Postgres rather than keeping timers in memory, so a restart loses nothing: an order
-//! that timed out while the hub was down is handled on the first sweep after start.
+//! that timed out while the hub was down is handled on the first sweep after start. In a
+//! cluster it runs on the node that holds the dispatcher's lease only (once per cluster).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub fn spawn(hub: Arc<Hub>) {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            if !hub.cluster.is_leader() {
+                continue;
             }
             report_delayed(&hub, ready_alert).await;
             let cutoff = chrono::Utc::now()

@@ -2,6 +2,7 @@
 //! HTTP and the service; every decision lives in `service`.
 
 mod accounts;
+mod cluster;
 mod config;
 pub mod error;
 pub mod extract;
@@ -35,6 +36,7 @@ pub fn router(
 ) -> Router {
     let api = Router::new()
         .merge(accounts::routes())
+        .merge(cluster::routes())
         .merge(config::routes())
         .merge(shops::routes())
         .merge(orders::routes())
@@ -77,12 +79,16 @@ async fn fail_fast(req: Request, next: Next) -> Response {
     }
 }
 
-/// Ready when Postgres answers (within a second) and the dispatcher runs.
+/// Ready when Postgres answers (within a second), the bus is connected (in a cluster), and
+/// the dispatcher runs (on the node that holds its lease).
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     if let Err(e) = health::check() {
         return e.into_response();
     }
-    if !hub.dispatch.health.is_ready() {
+    if !hub.broker.is_up() {
+        return Error::Unavailable.into_response();
+    }
+    if hub.cluster.is_leader() && !hub.dispatch.health.is_ready() {
         return Error::Unavailable.into_response();
     }
     match tokio::time::timeout(health::PROBE_TIMEOUT, crate::store::ping(&hub.db)).await {

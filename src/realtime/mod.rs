@@ -5,11 +5,13 @@
 //! subscriber; publishing never awaits a socket (each connection has a bounded queue, and a
 //! connection whose queue is full is closed with 4408 instead of slowing anyone down).
 
+pub mod broker;
 pub mod conns;
 pub mod protocol;
 pub mod registry;
 pub mod session;
 pub mod topic;
 
-pub use registry::{Outbound, Registry};
+pub use broker::{Broker, LocalBroker};
+pub use registry::{OrderMessage, Outbound, Registry};
 pub use topic::Topic;

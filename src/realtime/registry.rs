@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::topic::Topic;
-use crate::domain::{DriverId, OrderId};
+use crate::domain::{BuyerId, DriverId, OrderId, ShopId};
 use crate::service::views::{EventView, OrderView};
 
 pub type ConnId = u64;
@@ -53,6 +53,15 @@ impl Registry {
         Self::default()
     }
 
+    /// A registry whose connection ids count up from `first` (a cluster node's ids carry its
+    /// node id in their high bits, so they are unique across nodes).
+    pub fn with_first_conn_id(first: u64) -> Self {
+        Self {
+            topics: DashMap::new(),
+            next_conn: AtomicU64::new(first),
+        }
+    }
+
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -87,13 +96,14 @@ impl Registry {
         self.topics.get(&topic).map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Hands `msg` to every subscriber of `topic` without waiting. Returns how many took it.
+    /// Hands `msg` to this node's subscribers of `topic` without waiting. Returns how many
+    /// took it.
     pub fn publish(&self, topic: Topic, msg: &Outbound) -> usize {
         self.publish_to(topic, msg, |_| true)
     }
 
     /// Like [`Registry::publish`], for the subscribers `keep` accepts.
-    fn publish_to(
+    pub(crate) fn publish_to(
         &self,
         topic: Topic,
         msg: &Outbound,
@@ -119,45 +129,91 @@ impl Registry {
         delivered
     }
 
-    /// Publishes a committed order event to its topics: the shop, the buyer, the order, the
-    /// driver holding it (and `extra_driver`, the one it was just taken from), and `fleet`.
-    /// The order and event are serialized once; each topic only adds its envelope.
-    pub fn publish_order(&self, o: &OrderView, ev: &EventView, extra_driver: Option<DriverId>) {
+    /// Publishes a committed order event to every topic it belongs to on this node.
+    pub fn publish_order(&self, m: &OrderMessage) {
+        metrics::counter!("hub_events_published_total").increment(1);
+        for topic in m.topics() {
+            self.deliver_order(topic, m);
+        }
+    }
+
+    /// Hands a committed order event to this node's subscribers of one of its topics (the
+    /// message only adds that topic's envelope to the bytes serialized once).
+    pub fn deliver_order(&self, topic: Topic, m: &OrderMessage) -> usize {
+        if self.subscriber_count(topic) == 0 {
+            return 0;
+        }
+        let msg = Outbound::Order {
+            order_id: m.order_id,
+            version: m.version,
+            is_final: m.is_final,
+            text: m.text_for(topic).into(),
+        };
+        // A driver who lost the order no longer follows it on its `order:` topic.
+        self.publish_to(topic, &msg, |s| match (topic, s.driver) {
+            (Topic::Order(_), Some(d)) => m.driver_id == Some(d) || m.extra_driver == Some(d),
+            _ => true,
+        })
+    }
+}
+
+/// A committed order event, serialized once: every topic's message is its envelope around the
+/// same `body`, and a cluster node sends `body` and these fields over the bus as they are.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OrderMessage {
+    pub order_id: OrderId,
+    pub version: i32,
+    pub is_final: bool,
+    pub shop_id: ShopId,
+    pub buyer_id: BuyerId,
+    pub driver_id: Option<DriverId>,
+    /// The driver the order was just taken from (they see the event that takes it away).
+    pub extra_driver: Option<DriverId>,
+    /// `"event":{…},"order":{…}`.
+    #[serde(skip)]
+    pub body: String,
+}
+
+impl OrderMessage {
+    /// `None` only if serialization fails (it does not for these types).
+    pub fn encode(o: &OrderView, ev: &EventView, extra_driver: Option<DriverId>) -> Option<Self> {
         let (Ok(order_json), Ok(event_json)) = (
             serde_json::to_string(o),
             serde_json::to_string(&WireEvent::from(ev)),
         ) else {
             tracing::error!(order = %o.id, "could not serialize an order event");
-            return;
+            return None;
         };
-        metrics::counter!("hub_events_published_total").increment(1);
-        let mut topics = vec![
-            Topic::Shop(o.shop_id),
-            Topic::Buyer(o.buyer_id),
-            Topic::Order(o.id),
-            Topic::Fleet,
-        ];
-        topics.extend(o.driver_id.map(Topic::Driver));
-        topics.extend(extra_driver.map(Topic::Driver));
-        for topic in topics {
-            if self.subscriber_count(topic) == 0 {
-                continue;
-            }
-            let text = format!(
-                r#"{{"type":"order","topic":"{topic}","event":{event_json},"order":{order_json}}}"#
-            );
-            let msg = Outbound::Order {
-                order_id: o.id,
-                version: o.version,
-                is_final: o.status.is_final(),
-                text: text.into(),
-            };
-            // A driver who lost the order no longer follows it on its `order:` topic.
-            self.publish_to(topic, &msg, |s| match (topic, s.driver) {
-                (Topic::Order(_), Some(d)) => o.driver_id == Some(d) || extra_driver == Some(d),
-                _ => true,
-            });
-        }
+        Some(Self {
+            order_id: o.id,
+            version: o.version,
+            is_final: o.status.is_final(),
+            shop_id: o.shop_id,
+            buyer_id: o.buyer_id,
+            driver_id: o.driver_id,
+            extra_driver: extra_driver.filter(|d| Some(*d) != o.driver_id),
+            body: format!(r#""event":{event_json},"order":{order_json}"#),
+        })
+    }
+
+    /// The topics the event is published on: the shop, the buyer, the order, `fleet`, the
+    /// driver holding it and the one it was just taken from.
+    pub fn topics(&self) -> impl Iterator<Item = Topic> + use<> {
+        [
+            Some(Topic::Shop(self.shop_id)),
+            Some(Topic::Buyer(self.buyer_id)),
+            Some(Topic::Order(self.order_id)),
+            Some(Topic::Fleet),
+            self.driver_id.map(Topic::Driver),
+            self.extra_driver.map(Topic::Driver),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The `order` message as `topic`'s subscribers receive it.
+    pub fn text_for(&self, topic: Topic) -> String {
+        format!(r#"{{"type":"order","topic":"{topic}",{}}}"#, self.body)
     }
 }
 

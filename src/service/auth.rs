@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use crate::cluster::control::Revoke;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
@@ -336,7 +337,12 @@ impl Hub {
         let (actor, session) = self.authenticate_session(token).await?;
         accounts::revoke_session(&self.db, &token_hash(token)).await?;
         if let (Some(id), Some(s)) = (actor.id, session) {
-            self.conns.revoke_token((actor.role, id), &s.token_hash);
+            self.revoke_everywhere(Revoke {
+                role: actor.role,
+                id,
+                token_hash: Some(s.token_hash),
+                code_rotated: false,
+            });
         }
         Ok(())
     }
@@ -351,7 +357,12 @@ impl Hub {
             return Err(Error::validation("role must be vendor, driver or buyer"));
         }
         let revoked = accounts::revoke_sessions_of(&self.db, role, id).await?;
-        let closed = self.conns.revoke_account((role, id));
+        let closed = self.revoke_everywhere(Revoke {
+            role,
+            id,
+            token_hash: None,
+            code_rotated: false,
+        });
         tracing::info!(role = role.as_str(), subject = %id, revoked, closed, "account sessions revoked");
         Ok((revoked, closed))
     }
@@ -391,6 +402,10 @@ pub fn spawn_session_sweeper(hub: std::sync::Arc<Hub>) {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            // Once per cluster: on the node that dispatches.
+            if !hub.cluster.is_leader() {
+                continue;
             }
             match accounts::delete_stale_sessions(&hub.db, chrono::Duration::days(1)).await {
                 Ok(0) => {}

@@ -166,8 +166,12 @@ impl Hub {
         if !accounts::rotate_login_code(&self.db, role, id, &hash, expires).await? {
             return Err(Error::NotFound);
         }
-        self.limiter.code_rotated((role, id));
-        let closed = self.conns.revoke_account((role, id));
+        let closed = self.revoke_everywhere(crate::cluster::control::Revoke {
+            role,
+            id,
+            token_hash: None,
+            code_rotated: true,
+        });
         tracing::info!(role = role.as_str(), subject = %id, closed, "login code rotated");
         Ok((code, expires))
     }

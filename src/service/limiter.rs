@@ -231,6 +231,21 @@ struct State {
 pub struct LoginLimiter {
     policy: LoginPolicy,
     state: Mutex<State>,
+    /// Told of every failure and success, to share them with the other nodes of a cluster.
+    peers: std::sync::OnceLock<SharedSink>,
+}
+
+type SharedSink = Box<dyn Fn(Shared) + Send + Sync>;
+
+/// A login outcome as the nodes of a cluster share it: each node counts the others' failures
+/// (and trusts their successes' addresses) as if they had happened to it.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Shared {
+    pub account: AccountKey,
+    pub exists: bool,
+    /// The address as [`IpKey`] keys it.
+    pub ip: u128,
+    pub failed: bool,
 }
 
 impl Default for LoginLimiter {
@@ -249,6 +264,7 @@ impl LoginLimiter {
         let now = Instant::now();
         Self {
             policy,
+            peers: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 accounts: HashMap::new(),
                 addresses: Bounded::new(policy.max_keys),
@@ -360,35 +376,77 @@ impl LoginLimiter {
         })
     }
 
+    /// Shares this node's outcomes through `f` (a cluster's bus).
+    pub fn share_with(&self, f: SharedSink) {
+        let _ = self.peers.set(f);
+    }
+
+    /// Counts an outcome another node saw.
+    pub fn apply_shared(&self, o: Shared) {
+        let outcome = if o.failed {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        self.record(o.account, o.exists, IpKey(o.ip), outcome, false);
+    }
+
     fn finish(&self, a: &Attempt<'_>, outcome: Outcome) {
+        self.record(a.account, a.exists, a.ip, outcome, true);
+        if outcome != Outcome::Abandoned
+            && let Some(peers) = self.peers.get()
+        {
+            peers(Shared {
+                account: a.account,
+                exists: a.exists,
+                ip: a.ip.0,
+                failed: outcome == Outcome::Failed,
+            });
+        }
+    }
+
+    /// Counts an outcome: `ours` when it ends an attempt in flight on this node, otherwise
+    /// another node's (shared through the cluster's bus).
+    fn record(&self, account: AccountKey, exists: bool, ip: IpKey, outcome: Outcome, ours: bool) {
         let now = Instant::now();
         let failed = outcome == Outcome::Failed;
+        let in_flight = u32::from(ours);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if a.exists
-            && let Some(acc) = st.accounts.get_mut(&a.account)
-        {
-            acc.in_flight = acc.in_flight.saturating_sub(1);
-            if failed {
-                acc.windows[0].add(now, DAY);
+        if exists {
+            match st.accounts.get_mut(&account) {
+                Some(acc) => {
+                    acc.in_flight = acc.in_flight.saturating_sub(in_flight);
+                    if failed {
+                        acc.windows[0].add(now, DAY);
+                    }
+                }
+                None if failed => {
+                    let mut c = Counter::new(now);
+                    c.windows[0].add(now, DAY);
+                    st.accounts.insert(account, c);
+                }
+                None => {}
             }
         }
-        let addr = st.addresses.get(a.ip, now);
-        addr.in_flight = addr.in_flight.saturating_sub(1);
-        // (`finish` may create the pair key again if it was evicted meanwhile — only keys with
-        // no attempt in flight are evicted, so that cannot happen to this one.)
-        if failed {
-            addr.windows[0].add(now, ADDRESS_WINDOW);
-        }
-        let pair = st.pairs.get((a.account, a.ip), now);
-        pair.in_flight = pair.in_flight.saturating_sub(1);
-        if failed {
-            pair.windows[0].add(now, PAIR_WINDOW);
-            pair.windows[1].add(now, DAY);
+        if ours || failed {
+            let addr = st.addresses.get(ip, now);
+            addr.in_flight = addr.in_flight.saturating_sub(in_flight);
+            // (This may create the pair key again if it was evicted meanwhile — only keys
+            // with no attempt in flight are evicted, so that cannot happen to one of ours.)
+            if failed {
+                addr.windows[0].add(now, ADDRESS_WINDOW);
+            }
+            let pair = st.pairs.get((account, ip), now);
+            pair.in_flight = pair.in_flight.saturating_sub(in_flight);
+            if failed {
+                pair.windows[0].add(now, PAIR_WINDOW);
+                pair.windows[1].add(now, DAY);
+            }
         }
         if outcome == Outcome::Succeeded {
-            let list = st.trusted.entry(a.account).or_default();
-            list.retain(|(ip, _)| *ip != a.ip);
-            list.push((a.ip, now));
+            let list = st.trusted.entry(account).or_default();
+            list.retain(|(i, _)| *i != ip);
+            list.push((ip, now));
             if list.len() > TRUSTED_PER_ACCOUNT {
                 list.remove(0);
             }

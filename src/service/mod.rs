@@ -19,11 +19,13 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::domain::{GeoPoint, OrderId, ShopId};
-use crate::realtime::Registry;
 use crate::realtime::conns::Connections;
+use crate::realtime::registry::{ConnId, Subscriber};
+use crate::realtime::{Broker, Registry, Topic};
 
 /// Trims a client-supplied text field and checks its length (in characters) and that it holds
 /// no control characters (Postgres refuses NUL, and none belong in a name or an address).
@@ -51,6 +53,10 @@ pub struct Hub {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
+    /// Where committed events go: this node's registry, and in a cluster the bus.
+    pub broker: Arc<dyn Broker>,
+    /// This node's place in the cluster (a cluster of one without `HUB_NATS_URL`).
+    pub cluster: Arc<Cluster>,
     pub dispatch: DispatchHandle,
     pub secrets: auth::Secrets,
     pub limiter: limiter::LoginLimiter,
@@ -79,7 +85,7 @@ impl Hub {
     pub fn new(
         db: PgPool,
         config: Arc<Config>,
-        registry: Arc<Registry>,
+        (registry, broker, cluster): (Arc<Registry>, Arc<dyn Broker>, Arc<Cluster>),
         dispatch: DispatchHandle,
     ) -> (Self, tokio::sync::mpsc::Receiver<reconcile::Ambiguous>) {
         let (ambiguous, ambiguous_rx) = reconcile::channel();
@@ -109,6 +115,8 @@ impl Hub {
             writer,
             config,
             registry,
+            broker,
+            cluster,
             dispatch,
             secrets,
             limiter,
@@ -130,6 +138,31 @@ impl Hub {
     pub async fn lock_order(&self, id: OrderId) -> MutexGuard<'_, ()> {
         let stripe = (id.0.as_u128() as usize) % ORDER_LOCK_STRIPES;
         self.order_locks[stripe].lock().await
+    }
+
+    /// Registers a socket for a topic on this node and, the first time, on the bus; resolves
+    /// once events committed from now on will reach it. False when it already was.
+    pub async fn subscribe(
+        &self,
+        topic: Topic,
+        conn: ConnId,
+        sub: Subscriber,
+    ) -> crate::error::Result<bool> {
+        let fresh = self.registry.subscribe(topic, conn, sub);
+        if fresh && let Err(e) = self.broker.watch(topic).await {
+            self.registry.unsubscribe(topic, conn);
+            return Err(e);
+        }
+        Ok(fresh)
+    }
+
+    /// Undoes [`Hub::subscribe`].
+    pub fn unsubscribe(&self, topic: Topic, conn: ConnId) -> bool {
+        let removed = self.registry.unsubscribe(topic, conn);
+        if removed {
+            self.broker.unwatch(topic);
+        }
+        removed
     }
 
     /// A shop's position (shops do not move, so it is cached after the first read).

@@ -16,6 +16,7 @@ use crate::domain::{
     ShopId,
 };
 use crate::error::{Error, Result};
+use crate::realtime::OrderMessage;
 use crate::store::orders::{self as store, Inserted, Scope, WriteError};
 use crate::store::{accounts, catalog};
 
@@ -64,6 +65,9 @@ pub struct SystemInput {
     pub distance_m: Option<f64>,
     /// For `dispatch_delayed`: how long the order has waited for a driver.
     pub waited_s: Option<u64>,
+    /// For `assign` in a cluster: the dispatcher lease's epoch it was decided under. The write
+    /// commits only while the lease is still at that epoch.
+    pub epoch: Option<i64>,
 }
 
 /// May this actor see this order at all? Everyone else gets 404, never 403.
@@ -383,6 +387,7 @@ impl Hub {
                 actor,
                 payload: payload.into(),
                 commission_cents,
+                fence: sys.epoch.filter(|_| req.action == Action::Assign),
             })
             .await;
         let (rec, ev) = match written {
@@ -400,6 +405,7 @@ impl Hub {
             }
             Err(WriteError::Conflict(None)) => return Err(Error::NotFound),
             Err(WriteError::DriverBusy) => return Err(Error::DriverBusy),
+            Err(WriteError::Fenced) => return Err(Error::NotLeader),
             Err(WriteError::OtpLocked) => return Err(Error::OtpLocked),
             Err(WriteError::Db(e)) => {
                 // A lost connection around the COMMIT leaves its outcome unknown.
@@ -415,6 +421,16 @@ impl Hub {
         };
         self.after_commit(&rec.view, &ev, previous_driver).await;
         Ok(rec.view)
+    }
+
+    /// The order's current version as the message its last event was published as (for a
+    /// socket that saw a version gap; see `realtime::session::gaps`). `None` if it cannot be
+    /// read.
+    pub async fn current_message(&self, id: OrderId) -> Option<OrderMessage> {
+        let rec = store::get(&self.db, id).await.ok()??;
+        let events = store::events(&self.db, id).await.ok()?;
+        let ev = events.iter().find(|e| e.version == rec.view.version)?;
+        OrderMessage::encode(&rec.view, ev, None)
     }
 
     /// Publishes a committed event to every socket topic it belongs to and tells the
@@ -433,8 +449,9 @@ impl Hub {
         if !self.unresolved.is_empty() {
             self.unresolved.remove(&o.id);
         }
-        let extra = previous_driver.filter(|d| Some(*d) != o.driver_id);
-        self.registry.publish_order(o, ev, extra);
+        if let Some(m) = OrderMessage::encode(o, ev, previous_driver) {
+            self.broker.publish_order(&m);
+        }
         metrics::counter!("hub_transitions_total", "kind" => ev.kind.as_str()).increment(1);
         self.dispatch
             .order_changed(OrderChanged {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Driver, FLEET_EVERY, RETRY_AFTER, State};
 use crate::dispatch::{DriverState, OrderChanged};
 use crate::domain::{Action, Actor, DriverId, GeoPoint, OrderId, OrderStatus};
-use crate::realtime::{Outbound, Topic};
+use crate::realtime::Topic;
 use crate::service::orders::TransitionRequest;
 use crate::store;
 
@@ -254,12 +254,13 @@ impl State {
         {
             return;
         }
-        let registry = self.hub.registry.clone();
-        if registry.subscriber_count(Topic::Fleet) > 0 {
+        // In a cluster the watchers may be on other nodes: the bus always gets it.
+        if self.hub.broker.is_distributed() || self.hub.registry.subscriber_count(Topic::Fleet) > 0
+        {
             let state = self.driver_state(id, d, now);
             if let Ok(json) = serde_json::to_string(&state) {
                 let text = format!(r#"{{"type":"driver","topic":"fleet","driver":{json}}}"#);
-                registry.publish(Topic::Fleet, &Outbound::Text(text.into()));
+                self.hub.broker.publish_fleet(text.into());
             }
         }
         if let Some(d) = self.drivers.get_mut(&id) {

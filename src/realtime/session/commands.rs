@@ -109,7 +109,7 @@ impl Worker {
             topic, fresh: true, ..
         } = d
         {
-            self.hub.registry.unsubscribe(topic, self.conn);
+            self.hub.unsubscribe(topic, self.conn);
         }
     }
 
@@ -132,7 +132,7 @@ impl Worker {
         match c {
             Command::Subscribe { topic, reference } => self.subscribe(topic, &reference).await,
             Command::Unsubscribe { topic, reference } => {
-                self.hub.registry.unsubscribe(topic, self.conn);
+                self.hub.unsubscribe(topic, self.conn);
                 let frame =
                     json!({"type": "unsubscribed", "topic": topic.to_string(), "ref": reference})
                         .to_string();
@@ -151,15 +151,21 @@ impl Worker {
         }
     }
 
-    /// Registers first, then reads the snapshot: nothing committed in between can be missed.
+    /// Registers first (here and, in a cluster, on the bus), then reads the snapshot: nothing
+    /// committed in between can be missed.
     async fn subscribe(&self, topic: Topic, r: &Value) -> Done {
-        let fresh = self
-            .hub
-            .registry
-            .subscribe(topic, self.conn, self.sub.clone());
+        let fresh = match self.hub.subscribe(topic, self.conn, self.sub.clone()).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Done::Refused {
+                    topic,
+                    frame: error_from(r, &e),
+                };
+            }
+        };
         let refused = |frame: String| {
             if fresh {
-                self.hub.registry.unsubscribe(topic, self.conn);
+                self.hub.unsubscribe(topic, self.conn);
             }
             Done::Refused { topic, frame }
         };
@@ -208,7 +214,7 @@ impl Worker {
             },
         };
         let drivers = if topic == Topic::Fleet {
-            Some(serde_json::to_value(self.hub.dispatch.fleet().await).unwrap_or_default())
+            Some(self.hub.dispatch.fleet().await)
         } else {
             None
         };

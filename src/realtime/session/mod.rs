@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod commands;
+mod gaps;
 mod handshake;
 
 use handshake::{close_with, handshake, too_big};
@@ -41,7 +42,7 @@ use commands::{Command, Done, Worker};
 
 use super::conns::Admission;
 use super::protocol::{ClientMsg, MAX_TEXT, clean_ref, close, error_frame, error_from};
-use super::registry::{ConnId, Outbound, Subscriber};
+use super::registry::{ConnId, OrderMessage, Outbound, Subscriber};
 use super::topic::Topic;
 use crate::domain::{Actor, DriverId, GeoPoint, OrderId, Role};
 use crate::error::Error;
@@ -84,6 +85,12 @@ struct Session {
     /// Newest version sent per order on this socket; for final orders also when it became
     /// final, so the entry can be dropped once no late copy can arrive any more.
     sent: HashMap<OrderId, (i32, Option<Instant>)>,
+    /// In a cluster (and not for drivers): versions that skip one, waiting (see [`gaps`]).
+    gap_checks: bool,
+    gaps: gaps::Gaps,
+    /// Orders read back after a gap: (order, topic, the order's current event if readable).
+    resync_tx: mpsc::Sender<(OrderId, Topic, Option<OrderMessage>)>,
+    resync_rx: Option<mpsc::Receiver<(OrderId, Topic, Option<OrderMessage>)>>,
     tokens: f64,
     refilled: Instant,
     excess: u32,
@@ -164,6 +171,7 @@ async fn serve(
     let (tx, rx) = mpsc::channel(hub.config.ws_queue.max(1));
     let (commands, commands_rx) = mpsc::channel(commands::QUEUE);
     let (done_tx, mut done) = mpsc::channel(commands::QUEUE);
+    let (resync_tx, resync_rx) = mpsc::channel(16);
     let sub = Subscriber {
         tx,
         lagged: CancellationToken::new(),
@@ -191,6 +199,10 @@ async fn serve(
         revoked,
         expires_at: session.map(|s| s.expires_at),
         sent: HashMap::new(),
+        gap_checks: hub.broker.is_distributed() && actor.role != Role::Driver,
+        gaps: gaps::Gaps::default(),
+        resync_tx,
+        resync_rx: Some(resync_rx),
         tokens: RATE,
         refilled: Instant::now(),
         excess: 0,
@@ -213,7 +225,7 @@ async fn serve(
     }
     let in_flight: Vec<Topic> = s.subscribing.keys().copied().collect();
     for t in s.topics.drain().chain(in_flight) {
-        hub.registry.unsubscribe(t, s.conn);
+        hub.unsubscribe(t, s.conn);
     }
     // Detached before the dispatcher hears of the disconnect, so that a dispatcher rebuilt in
     // between does not re-announce this socket.
@@ -241,7 +253,9 @@ impl Session {
         let shutdown = self.hub.shutdown.clone();
         let lagged = self.sub.lagged.clone();
         let revoked = self.revoked.clone();
+        let mut resync = self.resync_rx.take();
         loop {
+            let gap_deadline = self.gaps.next_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Some((close::GOING_AWAY, "hub shutting down")),
@@ -302,6 +316,14 @@ impl Session {
                         return self.failed_send_exit();
                     }
                 }
+                _ = tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now).into()), if gap_deadline.is_some() => {
+                    self.read_back_gaps();
+                }
+                Some((order, topic, current)) = async { resync.as_mut()?.recv().await }, if resync.is_some() => {
+                    if self.resynced(socket, order, topic, current).await.is_err() {
+                        return self.failed_send_exit();
+                    }
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= idle {
                         return Some((close::IDLE, "idle"));
@@ -325,7 +347,7 @@ impl Session {
         out: Outbound,
     ) -> Result<(), ()> {
         if self.topics.contains(&topic) {
-            self.forward(socket, out).await
+            self.forward(socket, topic, out).await
         } else {
             Ok(())
         }
@@ -349,7 +371,13 @@ impl Session {
     }
 
     /// Sends one queued message unless this socket already carried its version (or a newer one).
-    async fn forward(&mut self, socket: &mut WebSocket, out: Outbound) -> Result<(), ()> {
+    /// In a cluster, a version that skips one waits for it (see [`gaps`]).
+    async fn forward(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        out: Outbound,
+    ) -> Result<(), ()> {
         let text = match out {
             Outbound::Order {
                 order_id,
@@ -357,16 +385,94 @@ impl Session {
                 is_final,
                 text,
             } => {
+                if self.gap_checks && !matches!(topic, Topic::Driver(_)) {
+                    let prev = self.sent.get(&order_id).map(|e| e.0).unwrap_or(0);
+                    if prev > 0
+                        && version > prev + 1
+                        && self
+                            .gaps
+                            .park(order_id, version, topic, text.clone(), is_final)
+                    {
+                        return Ok(());
+                    }
+                }
                 if !self.mark_sent(order_id, version, is_final) {
                     return Ok(());
                 }
-                text
+                self.send_frame(socket, text).await?;
+                return self.send_following(socket, order_id, version).await;
             }
             Outbound::Text(text) => text,
         };
+        self.send_frame(socket, text).await
+    }
+
+    async fn send_frame(
+        &mut self,
+        socket: &mut WebSocket,
+        text: axum::extract::ws::Utf8Bytes,
+    ) -> Result<(), ()> {
         // A socket that cannot take a frame must not hold us past the lag signal.
         self.send_msg(socket, Message::Text(text)).await?;
         metrics::counter!("hub_frames_sent_total").increment(1);
+        Ok(())
+    }
+
+    /// After `version` of an order went out: the parked versions that now follow, in order.
+    async fn send_following(
+        &mut self,
+        socket: &mut WebSocket,
+        order: OrderId,
+        mut version: i32,
+    ) -> Result<(), ()> {
+        if self.gaps.is_empty() {
+            return Ok(());
+        }
+        while let Some((v, text, is_final)) = self.gaps.take_next(order, version) {
+            if self.mark_sent(order, v, is_final) {
+                self.send_frame(socket, text).await?;
+            }
+            version = v;
+        }
+        Ok(())
+    }
+
+    /// Reads back the orders whose gap did not fill in time.
+    fn read_back_gaps(&mut self) {
+        for (order, topic) in self.gaps.due(Instant::now()) {
+            metrics::counter!("hub_version_gap_reads_total").increment(1);
+            let hub = self.hub.clone();
+            let tx = self.resync_tx.clone();
+            tokio::spawn(async move {
+                let current = hub.current_message(order).await;
+                let _ = tx.send((order, topic, current)).await;
+            });
+        }
+    }
+
+    /// An order read back after a gap: its current version goes out if it is newer than what
+    /// this socket carried, then whatever parked version follows; if it could not be read, the
+    /// parked versions go out as they are.
+    async fn resynced(
+        &mut self,
+        socket: &mut WebSocket,
+        order: OrderId,
+        topic: Topic,
+        current: Option<OrderMessage>,
+    ) -> Result<(), ()> {
+        let give_up = current.is_none();
+        if let Some(m) = current
+            && self.mark_sent(order, m.version, m.is_final)
+        {
+            self.send_frame(socket, m.text_for(topic).into()).await?;
+        }
+        let sent = self.sent.get(&order).map(|e| e.0).unwrap_or(0);
+        self.send_following(socket, order, sent).await?;
+        for (v, text, is_final) in self.gaps.refetched(order, give_up) {
+            if self.mark_sent(order, v, is_final) {
+                self.send_frame(socket, text).await?;
+            }
+        }
         Ok(())
     }
 

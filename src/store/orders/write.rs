@@ -41,6 +41,10 @@ pub struct Write {
     pub payload: serde_json::Value,
     /// Commission for the driver, recorded when the transition delivers the order.
     pub commission_cents: Option<i64>,
+    /// The dispatcher lease's epoch this transition was decided under: it is written only if
+    /// `dispatch_lease` is still at that epoch (read FOR SHARE, so a new leader's epoch bump
+    /// waits for it, or it sees the bump). `None`: not fenced.
+    pub fence: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,9 @@ pub enum WriteError {
     /// A delivery of an order whose OTP is locked (five wrong tries).
     #[error("the order's OTP is locked")]
     OtpLocked,
+    /// The transition was fenced by a dispatcher lease epoch that is no longer current.
+    #[error("the dispatcher lease moved on")]
+    Fenced,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -61,21 +68,29 @@ pub enum WriteError {
 /// The order at its new version and the event that was appended.
 pub type Written = (OrderRecord, EventView);
 
-/// The statement: `$1…$10` are parallel arrays, one element per transition. The `UPDATE`
+/// The statement: `$1…$11` are parallel arrays, one element per transition. The `UPDATE`
 /// touches each order by primary key, at most once (callers never put one order in a group
-/// twice).
+/// twice). `lease` is read (and share-locked) only when some transition is fenced.
 const APPLY: &str = "WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int4[], $5::uuid[],
-                         $6::text[], $7::text[], $8::uuid[], $9::jsonb[], $10::int8[])
+                         $6::text[], $7::text[], $8::uuid[], $9::jsonb[], $10::int8[],
+                         $11::int8[])
         WITH ORDINALITY AS t(id, expected, to_status, driver_mode, new_driver,
-                             kind, actor_role, actor_id, payload, commission, slot)
+                             kind, actor_role, actor_id, payload, commission, fence, slot)
+),
+lease AS MATERIALIZED (
+    SELECT epoch FROM dispatch_lease
+    WHERE id = 1 AND EXISTS (SELECT 1 FROM i WHERE i.fence IS NOT NULL)
+    FOR SHARE
 ),
 c AS (
     SELECT i.*,
            (i.driver_mode = 1 AND i.to_status IN ('assigned', 'picked_up') AND EXISTS (
                SELECT 1 FROM orders x
                WHERE x.driver_id = i.new_driver AND x.status IN ('assigned', 'picked_up')
-                 AND x.id <> i.id)) AS busy
+                 AND x.id <> i.id)) AS busy,
+           (i.fence IS NOT NULL
+               AND i.fence IS DISTINCT FROM (SELECT epoch FROM lease)) AS fenced
     FROM i
 ),
 u AS (
@@ -87,7 +102,7 @@ u AS (
         payment_status = CASE WHEN c.to_status = 'delivered' THEN 'collected' ELSE o.payment_status END,
         updated_at = now()
     FROM c
-    WHERE o.id = c.id AND o.version = c.expected AND NOT c.busy
+    WHERE o.id = c.id AND o.version = c.expected AND NOT c.busy AND NOT c.fenced
       -- A delivery needs an OTP that is not locked (five wrong tries, as record_otp_failure
       -- counts them), whatever the caller last saw of the counter.
       AND (c.to_status <> 'delivered' OR o.otp_failed_attempts < 5)
@@ -102,7 +117,7 @@ m AS (
     SELECT id, driver_id, commission FROM u
     WHERE status = 'delivered' AND commission IS NOT NULL AND driver_id IS NOT NULL
 )
-SELECT c.slot, u.id IS NOT NULL AS written,
+SELECT c.slot, u.id IS NOT NULL AS written, c.fenced,
     -- A busy driver is the answer only when the version matched (else it is a conflict).
     c.busy AND (SELECT version FROM orders x WHERE x.id = c.id) = c.expected AS busy,
     u.id, u.number, u.shop_id, u.buyer_id, u.driver_id, u.status, u.version, u.items,
@@ -119,6 +134,7 @@ ORDER BY c.slot";
 struct Outcome {
     slot: i64,
     busy: bool,
+    fenced: bool,
     row: Option<Row>,
 }
 
@@ -128,6 +144,7 @@ impl<'r> FromRow<'r, PgRow> for Outcome {
         Ok(Outcome {
             slot: r.try_get("slot")?,
             busy: r.try_get::<Option<bool>, _>("busy")?.unwrap_or(false),
+            fenced: r.try_get("fenced")?,
             row: if written {
                 Some(Row::from_row(r)?)
             } else {
@@ -203,6 +220,7 @@ pub async fn apply_batch(
                 }
                 Err(e) => Err(WriteError::Db(e)),
             },
+            None if o.fenced => Err(WriteError::Fenced),
             None if o.busy => Err(WriteError::DriverBusy),
             None => match get(&mut *conn, w.order_id).await {
                 Ok(Some(cur))
@@ -232,7 +250,9 @@ async fn statement(conn: &mut PgConnection, writes: &[Write]) -> sqlx::Result<Ve
     let mut actor_id = Vec::with_capacity(n);
     let mut payload = Vec::with_capacity(n);
     let mut commission = Vec::with_capacity(n);
+    let mut fence = Vec::with_capacity(n);
     for w in writes {
+        fence.push(w.fence);
         let (mode, driver) = driver_change(&w.plan);
         ids.push(w.order_id.0);
         expected.push(w.expected_version);
@@ -259,6 +279,7 @@ async fn statement(conn: &mut PgConnection, writes: &[Write]) -> sqlx::Result<Ve
         .bind(actor_id)
         .bind(payload)
         .bind(commission)
+        .bind(fence)
         .fetch_all(conn)
         .await
 }
@@ -444,7 +465,7 @@ impl Writer {
             // The version did not change, but the OTP counter did behind this hub's back.
             Err(WriteError::OtpLocked) => self.forget(id),
             // The row did not change.
-            Err(WriteError::DriverBusy) => {}
+            Err(WriteError::DriverBusy | WriteError::Fenced) => {}
             // Gone, or unknown whether it changed.
             Err(WriteError::Conflict(None) | WriteError::Db(_)) => self.forget(id),
         }

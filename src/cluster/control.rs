@@ -1,0 +1,174 @@
+//! What nodes tell each other besides events: dispatcher inputs forwarded to the leader, the
+//! leader's fleet snapshot, a new leader's announcement, logouts and login outcomes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::dispatch::OrderChanged;
+use crate::domain::{DriverId, GeoPoint, Role};
+use crate::realtime::registry::ConnId;
+use crate::service::Hub;
+use crate::service::limiter::Shared;
+
+/// An input of the dispatcher, sent by a node that does not hold the lease to the one that does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Forward {
+    Order(OrderChanged),
+    Connected { driver: DriverId, conn: ConnId },
+    Disconnected { driver: DriverId, conn: ConnId },
+    Availability { driver: DriverId, available: bool },
+    Location { driver: DriverId, at: GeoPoint },
+}
+
+/// A new leader, announced on `<p>.leader`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Announce {
+    pub node_id: i64,
+    pub epoch: i64,
+}
+
+/// Sockets to close on every node: those of one token, or all of an account's (with its login
+/// budget reset when its code was rotated).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoke {
+    pub role: Role,
+    pub id: Uuid,
+    pub token_hash: Option<String>,
+    pub code_rotated: bool,
+}
+
+pub const DISPATCH: &str = "dispatch";
+pub const FLEET: &str = "fleet";
+pub const LEADER: &str = "leader";
+pub const REVOKE: &str = "revoke";
+pub const LOGIN: &str = "login";
+
+impl Hub {
+    /// Sends a control message to the other nodes (no-op in a single process).
+    pub(crate) fn tell_cluster<T: Serialize>(&self, name: &str, msg: &T) {
+        let Some(bus) = &self.cluster.bus else {
+            return;
+        };
+        match serde_json::to_vec(msg) {
+            Ok(v) => {
+                bus.send(bus.subject(name), Bytes::from(v));
+            }
+            Err(e) => tracing::error!(error = %e, "control message not serialized"),
+        }
+    }
+
+    /// Closes sockets here and on every other node.
+    pub(crate) fn revoke_everywhere(&self, r: Revoke) -> usize {
+        self.tell_cluster(REVOKE, &r);
+        self.revoke_here(&r)
+    }
+
+    fn revoke_here(&self, r: &Revoke) -> usize {
+        if r.code_rotated {
+            self.limiter.code_rotated((r.role, r.id));
+        }
+        match &r.token_hash {
+            Some(h) => self.conns.revoke_token((r.role, r.id), h),
+            None => self.conns.revoke_account((r.role, r.id)),
+        }
+    }
+
+    /// Re-announces this node's connected drivers to the dispatcher (after a new leader).
+    pub(crate) async fn announce_drivers(&self) {
+        for (id, conn, available) in self.conns.live_of_role(Role::Driver) {
+            self.dispatch.driver_connected(DriverId(id), conn).await;
+            if !available {
+                self.dispatch.driver_availability(DriverId(id), false).await;
+            }
+        }
+    }
+}
+
+/// Wires the limiter to the bus and listens on the control subjects until shutdown.
+pub async fn spawn(hub: Arc<Hub>) -> Result<(), async_nats::SubscribeError> {
+    let Some(bus) = hub.cluster.bus.clone() else {
+        return Ok(());
+    };
+    {
+        let weak = Arc::downgrade(&hub);
+        hub.limiter.share_with(Box::new(move |s: Shared| {
+            if let Some(hub) = weak.upgrade() {
+                hub.tell_cluster(LOGIN, &s);
+            }
+        }));
+    }
+    let client = bus.client().clone();
+    let mut subs = Vec::new();
+    for name in [DISPATCH, FLEET, LEADER, REVOKE, LOGIN] {
+        let sub = client.subscribe(bus.subject(name)).await?;
+        subs.push(sub.map(move |m| (name, m)).boxed());
+    }
+    let _ = client.flush().await;
+    let mut all = futures::stream::select_all(subs);
+    tokio::spawn(async move {
+        loop {
+            let (name, m) = tokio::select! {
+                _ = hub.shutdown.cancelled() => return,
+                m = all.next() => match m { Some(m) => m, None => return },
+            };
+            handle(&hub, name, m).await;
+        }
+    });
+    Ok(())
+}
+
+async fn handle(hub: &Arc<Hub>, name: &'static str, m: async_nats::Message) {
+    metrics::counter!("hub_bus_control_received_total", "subject" => name).increment(1);
+    match name {
+        DISPATCH => {
+            // Only the leader's dispatcher takes inputs; a follower drops what reached it in a
+            // change of leader (the new one rebuilds from Postgres and re-announcements).
+            if !hub.cluster.is_leader() {
+                return;
+            }
+            match serde_json::from_slice::<Forward>(&m.payload) {
+                Ok(f) => hub.dispatch.take_forwarded(f).await,
+                Err(e) => tracing::warn!(error = %e, "undecodable dispatcher input"),
+            }
+        }
+        FLEET => {
+            let Some(reply) = m.reply else { return };
+            if !hub.cluster.is_leader() {
+                return;
+            }
+            let fleet = hub.dispatch.fleet().await;
+            if let (Ok(v), Some(bus)) = (serde_json::to_vec(&fleet), &hub.cluster.bus) {
+                let _ = bus.client().publish(reply, Bytes::from(v)).await;
+            }
+        }
+        LEADER => match serde_json::from_slice::<Announce>(&m.payload) {
+            Ok(a) => {
+                tracing::info!(
+                    leader = a.node_id,
+                    epoch = a.epoch,
+                    "new dispatcher leader; re-announcing drivers"
+                );
+                if !hub.cluster.is_leader() {
+                    hub.announce_drivers().await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable leader announcement"),
+        },
+        REVOKE => match serde_json::from_slice::<Revoke>(&m.payload) {
+            Ok(r) => {
+                hub.revoke_here(&r);
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable revocation"),
+        },
+        LOGIN => match serde_json::from_slice::<Shared>(&m.payload) {
+            Ok(s) => hub.limiter.apply_shared(s),
+            Err(e) => tracing::warn!(error = %e, "undecodable login outcome"),
+        },
+        _ => {}
+    }
+}

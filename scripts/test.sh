@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # Tests create one database per test next to this one.
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 source scripts/ensure-postgres.sh
+# The cluster suite's nodes talk over NATS.
+source scripts/ensure-nats.sh
+export HUB_TEST_NATS_URL=$NATS_URL
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "== format and lints"

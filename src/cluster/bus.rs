@@ -35,6 +35,10 @@ use crate::realtime::{Broker, Topic};
 /// Messages waiting for the bus at most.
 const OUT_QUEUE: usize = 65_536;
 
+/// How long a subscription may take to be confirmed by the server before the socket's
+/// `subscribe` answers `unavailable`.
+const WATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct NatsBus {
     client: async_nats::Client,
     prefix: String,
@@ -239,23 +243,31 @@ impl Broker for NatsBus {
                     }
                 }
             };
-            let result = match first {
-                Some(tx) => {
-                    let r = self.subscribe(topic).await;
-                    tx.send_replace(Some(r.is_ok()));
-                    r
+            let confirmed = async {
+                match first {
+                    Some(tx) => {
+                        let r = self.subscribe(topic).await;
+                        tx.send_replace(Some(r.is_ok()));
+                        r?;
+                    }
+                    None => match subscribed.wait_for(Option::is_some).await {
+                        Ok(v) if *v == Some(true) => {}
+                        _ => return Err(Error::Unavailable),
+                    },
                 }
-                None => match subscribed.wait_for(Option::is_some).await {
-                    Ok(v) if *v == Some(true) => Ok(()),
-                    _ => Err(Error::Unavailable),
-                },
-            };
-            let result = match result {
-                Ok(()) => self.client.flush().await.map_err(|e| {
+                self.client.flush().await.map_err(|e| {
                     tracing::warn!(error = %e, %topic, "bus flush failed");
                     Error::Unavailable
-                }),
-                Err(e) => Err(e),
+                })
+            };
+            // (A first watcher that times out leaves `subscribed` at `None`; the next
+            // watchers time out too, and the entry goes with the last of them.)
+            let result = match tokio::time::timeout(WATCH_TIMEOUT, confirmed).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(%topic, "bus subscription not confirmed in time");
+                    Err(Error::Unavailable)
+                }
             };
             if result.is_err() {
                 self.unwatch(topic);

@@ -80,10 +80,14 @@ impl Hub {
 
     /// Re-announces this node's connected drivers to the dispatcher (after a new leader).
     pub(crate) async fn announce_drivers(&self) {
-        for (id, conn, available) in self.conns.live_of_role(Role::Driver) {
-            self.dispatch.driver_connected(DriverId(id), conn).await;
-            if !available {
-                self.dispatch.driver_availability(DriverId(id), false).await;
+        for s in self.conns.live_of_role(Role::Driver) {
+            let d = DriverId(s.id);
+            self.dispatch.driver_connected(d, s.conn).await;
+            if !s.available {
+                self.dispatch.driver_availability(d, false).await;
+            }
+            if let Some(p) = s.location {
+                self.dispatch.driver_location(d, p);
             }
         }
     }
@@ -108,7 +112,6 @@ pub async fn spawn(hub: Arc<Hub>) -> Result<(), async_nats::SubscribeError> {
         let sub = client.subscribe(bus.subject(name)).await?;
         subs.push(sub.map(move |m| (name, m)).boxed());
     }
-    let _ = client.flush().await;
     let mut all = futures::stream::select_all(subs);
     tokio::spawn(async move {
         loop {

@@ -161,10 +161,13 @@ async fn lead(
         if restarts > 0 || hub.cluster.is_clustered() {
             // Drivers' sockets outlived the old state (or were announced to another leader):
             // announce this node's again; the other nodes do the same on the announcement.
-            for (id, conn, available) in hub.conns.live_of_role(crate::domain::Role::Driver) {
-                st.control(Control::Connected(DriverId(id), conn));
-                if !available {
-                    st.control(Control::Availability(DriverId(id), false));
+            for s in hub.conns.live_of_role(crate::domain::Role::Driver) {
+                st.control(Control::Connected(DriverId(s.id), s.conn));
+                if !s.available {
+                    st.control(Control::Availability(DriverId(s.id), false));
+                }
+                if let Some(p) = s.location {
+                    st.location(DriverId(s.id), p);
                 }
             }
         }

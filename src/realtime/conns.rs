@@ -21,12 +21,23 @@ use crate::error::Error;
 
 pub type AccountKey = (Role, Uuid);
 
+/// A live socket as the dispatcher's re-announce needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSocket {
+    pub id: Uuid,
+    pub conn: ConnId,
+    pub available: bool,
+    pub location: Option<crate::domain::GeoPoint>,
+}
+
 struct Live {
     token_hash: String,
     revoke: CancellationToken,
     /// A driver's own availability as last sent on this socket (for a dispatcher rebuilt
     /// while the socket stays open).
     available: bool,
+    /// A driver's last location sent on this socket (re-announced with it).
+    location: Option<crate::domain::GeoPoint>,
 }
 
 /// The permits a socket holds: one of the total, and one of the unauthenticated until it
@@ -109,6 +120,7 @@ impl Connections {
                 token_hash,
                 revoke: revoke.clone(),
                 available: true,
+                location: None,
             },
         );
         Some(revoke)
@@ -121,9 +133,9 @@ impl Connections {
         self.accounts.remove_if(&account, |_, live| live.is_empty());
     }
 
-    /// Every live socket of accounts with this role, with the availability last sent on it
-    /// (for the dispatcher's re-announce after a restart).
-    pub fn live_of_role(&self, role: Role) -> Vec<(Uuid, ConnId, bool)> {
+    /// Every live socket of accounts with this role, with the availability and location last
+    /// sent on it (for the dispatcher's re-announce after a restart or a change of leader).
+    pub fn live_of_role(&self, role: Role) -> Vec<LiveSocket> {
         self.accounts
             .iter()
             .filter(|e| e.key().0 == role)
@@ -131,10 +143,24 @@ impl Connections {
                 let id = e.key().1;
                 e.value()
                     .iter()
-                    .map(move |(c, l)| (id, *c, l.available))
+                    .map(move |(c, l)| LiveSocket {
+                        id,
+                        conn: *c,
+                        available: l.available,
+                        location: l.location,
+                    })
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Records a driver's location as sent on one socket.
+    pub fn set_location(&self, account: AccountKey, conn: ConnId, at: crate::domain::GeoPoint) {
+        if let Some(mut live) = self.accounts.get_mut(&account)
+            && let Some(l) = live.get_mut(&conn)
+        {
+            l.location = Some(at);
+        }
     }
 
     /// Records a driver's availability as sent on one socket.

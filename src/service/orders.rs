@@ -363,6 +363,9 @@ impl Hub {
                 if let Some(m) = sys.distance_m {
                     payload.insert("distance_m".into(), (m.round() as i64).into());
                 }
+                if let Some(e) = sys.epoch {
+                    payload.insert("epoch".into(), e.into());
+                }
             }
             Action::ReportDispatchDelayed => {
                 if let Some(w) = sys.waited_s {

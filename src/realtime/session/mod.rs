@@ -686,6 +686,9 @@ impl Session {
                 };
                 match GeoPoint::new(lat, lng) {
                     Ok(p) => {
+                        self.hub
+                            .conns
+                            .set_location((Role::Driver, d.0), self.conn, p);
                         self.hub.dispatch.driver_location(d, p);
                         return Ok(());
                     }

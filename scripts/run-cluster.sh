@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs the hub as a cluster on this machine: NATS (started, or installed from the OS packages,
+# if none runs), three hub nodes on one Postgres, and HAProxy in front of them on one URL
+# (HUB_BIND, default 127.0.0.1:8080), so the web demo works through it unchanged.
+# Ctrl-C stops the nodes and the load balancer (NATS and Postgres keep running).
+#
+#   NODES=3 HUB_BIND=127.0.0.1:8080 FIRST_NODE_PORT=8081 ./scripts/run-cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/ensure-postgres.sh
+source scripts/ensure-nats.sh
+
+NODES=${NODES:-3}
+FIRST_NODE_PORT=${FIRST_NODE_PORT:-8081}
+export HUB_BIND=${HUB_BIND:-127.0.0.1:8080}
+export HUB_ADMIN_TOKEN=${HUB_ADMIN_TOKEN:-demo-admin-token}
+export HUB_SECRET=${HUB_SECRET:-demo-secret-change-me}
+export HUB_NATS_URL=$NATS_URL
+export HUB_CLUSTER=${HUB_CLUSTER:-hub}
+
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "Installing HAProxy from the OS packages…" >&2
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
+
+cargo build --release --quiet --bin dispatch-hub
+bin=target/release/dispatch-hub
+"$bin" migrate
+"$bin" seed-demo
+
+dir=target/cluster
+mkdir -p "$dir"
+pids=()
+stop() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+servers=""
+for i in $(seq 1 "$NODES"); do
+  port=$((FIRST_NODE_PORT + i - 1))
+  HUB_BIND=127.0.0.1:$port HUB_NODE_NAME=node$i "$bin" serve >"$dir/node$i.log" 2>&1 &
+  pids+=($!)
+  servers+="    server node$i 127.0.0.1:$port check inter 1s fall 2 rise 1"$'\n'
+done
+
+# WebSockets are long-lived: least connections spreads them, `timeout tunnel` keeps them open,
+# and /readyz takes a node out while it cannot reach Postgres or NATS.
+cat >"$dir/haproxy.cfg" <<CFG
+global
+    maxconn 60000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 65s
+    timeout server 65s
+    timeout tunnel 1h
+    option http-server-close
+frontend hub
+    bind $HUB_BIND
+    default_backend nodes
+backend nodes
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+$servers
+CFG
+haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 &
+pids+=($!)
+
+echo "Cluster: $NODES nodes (logs in $dir/), NATS at $NATS_URL"
+echo "Admin token (fleet map, GET /api/admin/cluster): $HUB_ADMIN_TOKEN"
+echo "Hub: http://$HUB_BIND/"
+wait -n "${pids[@]}"

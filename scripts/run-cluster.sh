@@ -5,6 +5,9 @@
 # Ctrl-C stops the nodes and the load balancer (NATS and Postgres keep running).
 #
 #   NODES=3 HUB_BIND=127.0.0.1:8080 FIRST_NODE_PORT=8081 ./scripts/run-cluster.sh
+#
+# HUB_BIN=path uses an already built binary instead of building the release one; the nodes'
+# and HAProxy's logs and the generated haproxy.cfg go to CLUSTER_DIR (default target/cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-postgres.sh
@@ -17,6 +20,10 @@ export HUB_ADMIN_TOKEN=${HUB_ADMIN_TOKEN:-demo-admin-token}
 export HUB_SECRET=${HUB_SECRET:-demo-secret-change-me}
 export HUB_NATS_URL=$NATS_URL
 export HUB_CLUSTER=${HUB_CLUSTER:-hub}
+# HAProxy reaches the nodes from this address and appends the client's to X-Forwarded-For;
+# the nodes believe that header from it alone (login and sign-up limits are per client).
+PROXY_SOURCE=127.0.0.2
+export HUB_TRUSTED_PROXIES=$PROXY_SOURCE
 
 if ! command -v haproxy >/dev/null 2>&1; then
   echo "Installing HAProxy from the OS packages…" >&2
@@ -25,12 +32,20 @@ if ! command -v haproxy >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
 fi
 
-cargo build --release --quiet --bin dispatch-hub
-bin=target/release/dispatch-hub
+if [ -n "${HUB_BIN:-}" ]; then
+  bin=$HUB_BIN
+else
+  cargo build --release --quiet --bin dispatch-hub
+  bin=target/release/dispatch-hub
+fi
 "$bin" migrate
 "$bin" seed-demo
 
-dir=target/cluster
+dir=${CLUSTER_DIR:-target/cluster}
+# Every socket is a file for a node, and two for HAProxy (client side and node side).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+maxconn=$(( ($(ulimit -n) - 200) / 2 ))
+[ "$maxconn" -gt 100000 ] && maxconn=100000
 mkdir -p "$dir"
 pids=()
 stop() {
@@ -44,14 +59,14 @@ for i in $(seq 1 "$NODES"); do
   port=$((FIRST_NODE_PORT + i - 1))
   HUB_BIND=127.0.0.1:$port HUB_NODE_NAME=node$i "$bin" serve >"$dir/node$i.log" 2>&1 &
   pids+=($!)
-  servers+="    server node$i 127.0.0.1:$port check inter 1s fall 2 rise 1"$'\n'
+  servers+="    server node$i 127.0.0.1:$port source $PROXY_SOURCE check inter 1s fall 2 rise 1"$'\n'
 done
 
 # WebSockets are long-lived: least connections spreads them, `timeout tunnel` keeps them open,
 # and /readyz takes a node out while it cannot reach Postgres or NATS.
 cat >"$dir/haproxy.cfg" <<CFG
 global
-    maxconn 60000
+    maxconn $maxconn
 defaults
     mode http
     timeout connect 2s
@@ -59,6 +74,7 @@ defaults
     timeout server 65s
     timeout tunnel 1h
     option http-server-close
+    option forwardfor
 frontend hub
     bind $HUB_BIND
     default_backend nodes

@@ -74,3 +74,24 @@ echo "== browser tests"
 PORT=$(free_port)
 start_hub hub_suite_web "$PORT"
 HUB_URL="http://127.0.0.1:$PORT" HUB_ADMIN_TOKEN=suite-admin bash web-demo/tests/run.sh
+kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null || true
+HUB_PID=
+
+echo "== cluster smoke: three nodes behind HAProxy, the load-test smoke and the browser tests through it"
+PORT=$(free_port)
+NODE_PORT=$(free_port)
+SUITE_DBS+=("hub_suite_cluster_$$")
+CLUSTER_DIR=$(mktemp -d)
+DATABASE_URL=${DATABASE_URL%/*}/hub_suite_cluster_$$ HUB_BIN=target/debug/dispatch-hub \
+  HUB_BIND=127.0.0.1:$PORT FIRST_NODE_PORT=$NODE_PORT HUB_CLUSTER=suite$$ \
+  HUB_ADMIN_TOKEN=suite-admin HUB_SECRET=suite-secret HUB_LOGIN_HASH_KIB=256 RUST_LOG=warn \
+  CLUSTER_DIR=$CLUSTER_DIR ./scripts/run-cluster.sh >"$CLUSTER_DIR/run.log" 2>&1 &
+HUB_PID=$!
+up=0
+for _ in $(seq 1 150); do
+  ready "$PORT" && { up=1; break; }
+  sleep 0.2
+done
+[ "$up" = 1 ] || { echo "cluster did not come up" >&2; cat "$CLUSTER_DIR"/*.log >&2; exit 1; }
+target/debug/loadtest --smoke --url "http://127.0.0.1:$PORT" --admin-token suite-admin --quiet
+HUB_URL="http://127.0.0.1:$PORT" HUB_ADMIN_TOKEN=suite-admin bash web-demo/tests/run.sh

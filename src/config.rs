@@ -260,6 +260,17 @@ pub struct Config {
     #[arg(long, env = "HUB_LEASE_POLL_MS", global = true, default_value_t = 250)]
     pub lease_poll_ms: u64,
 
+    /// Addresses of load balancers in front of the hub (comma-separated). For requests from
+    /// them the client's address, for the per-address login and sign-up limits, is the last
+    /// address of `X-Forwarded-For`. Empty: the TCP peer is the client.
+    #[arg(
+        long,
+        env = "HUB_TRUSTED_PROXIES",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Folder of the web demo served at `/`.
     #[arg(long, env = "HUB_WEB_DIR", global = true, default_value = "web-demo")]
     pub web_dir: PathBuf,

@@ -1,10 +1,9 @@
 //! Admin creation of shops and drivers, code rotation and revocation, login, logout, buyer
 //! sign-up, `me`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -12,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{ApiJson, ApiPath, Auth, BearerToken, IsAdmin};
+use super::extract::{ApiJson, ApiPath, Auth, BearerToken, ClientIp, IsAdmin};
 use crate::domain::Role;
 use crate::error::Result;
 use crate::service::Hub;
@@ -107,10 +106,10 @@ async fn crash_dispatcher(State(hub): State<Arc<Hub>>, Auth(actor): Auth) -> Res
 
 async fn login(
     State(hub): State<Arc<Hub>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse> {
-    Ok(Json(hub.login(req, peer.ip()).await?))
+    Ok(Json(hub.login(req, client).await?))
 }
 
 async fn logout(
@@ -130,12 +129,12 @@ struct SignUp {
 
 async fn sign_up(
     State(hub): State<Arc<Hub>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     IsAdmin(by_admin): IsAdmin,
     ApiJson(req): ApiJson<SignUp>,
 ) -> Result<impl IntoResponse> {
     let (buyer, t) = hub
-        .sign_up_buyer(&req.name, &req.phone, peer.ip(), by_admin)
+        .sign_up_buyer(&req.name, &req.phone, client, by_admin)
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -73,3 +73,69 @@ impl FromRequestParts<Arc<Hub>> for IsAdmin {
         Ok(IsAdmin(admin))
     }
 }
+
+/// The client's address for the per-address limits: the TCP peer, or — when the peer is one
+/// of `HUB_TRUSTED_PROXIES` (a load balancer that appends the client's address to
+/// `X-Forwarded-For`, as HAProxy's `option forwardfor` does) — the last address in that header.
+/// Only the last entry is taken: the ones before it are whatever the client sent.
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<Arc<Hub>> for ClientIp {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, Error> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("no peer address")))?;
+        Ok(ClientIp(client_ip(
+            peer,
+            &hub.config.trusted_proxies,
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )))
+    }
+}
+
+/// The rule of [`ClientIp`]: a trusted peer's last `X-Forwarded-For` address, else the peer.
+pub fn client_ip<'a>(
+    peer: std::net::IpAddr,
+    trusted: &[std::net::IpAddr],
+    forwarded: impl Iterator<Item = &'a str>,
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer.to_canonical()) {
+        return peer;
+    }
+    forwarded
+        .flat_map(|h| h.split(','))
+        .last()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use std::net::IpAddr;
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let proxy: IpAddr = "127.0.0.9".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let trusted = [proxy];
+        // The client's own header comes first; the proxy appended the real address last.
+        let hdr = ["198.51.100.1, 203.0.113.7"];
+        assert_eq!(client_ip(proxy, &trusted, hdr.into_iter()), client);
+        // Split over two headers: still the last.
+        let two = ["198.51.100.1", "203.0.113.7"];
+        assert_eq!(client_ip(proxy, &trusted, two.into_iter()), client);
+        // Anyone else's header is ignored.
+        assert_eq!(client_ip(client, &trusted, hdr.into_iter()), client);
+        // A trusted peer with no (or a garbled) header is itself.
+        assert_eq!(client_ip(proxy, &trusted, std::iter::empty()), proxy);
+        assert_eq!(client_ip(proxy, &trusted, ["nonsense"].into_iter()), proxy);
+    }
+}

@@ -62,6 +62,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long a final order's last version is remembered (to drop late duplicates).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
+/// An order read back after a version gap: (order, topic, its current message if readable).
+type Resynced = (OrderId, Topic, Option<OrderMessage>);
+
 /// Why the loop ended: a close frame to send, or nothing (the peer is gone).
 type Exit = Option<(u16, &'static str)>;
 
@@ -88,9 +91,9 @@ struct Session {
     /// In a cluster (and not for drivers): versions that skip one, waiting (see [`gaps`]).
     gap_checks: bool,
     gaps: gaps::Gaps,
-    /// Orders read back after a gap: (order, topic, the order's current event if readable).
-    resync_tx: mpsc::Sender<(OrderId, Topic, Option<OrderMessage>)>,
-    resync_rx: Option<mpsc::Receiver<(OrderId, Topic, Option<OrderMessage>)>>,
+    /// Orders read back after a gap come back on this channel, made on the first gap (a
+    /// channel per socket costs memory that most sockets never need).
+    resync_tx: Option<mpsc::Sender<Box<Resynced>>>,
     tokens: f64,
     refilled: Instant,
     excess: u32,
@@ -171,7 +174,6 @@ async fn serve(
     let (tx, rx) = mpsc::channel(hub.config.ws_queue.max(1));
     let (commands, commands_rx) = mpsc::channel(commands::QUEUE);
     let (done_tx, mut done) = mpsc::channel(commands::QUEUE);
-    let (resync_tx, resync_rx) = mpsc::channel(16);
     let sub = Subscriber {
         tx,
         lagged: CancellationToken::new(),
@@ -201,8 +203,7 @@ async fn serve(
         sent: HashMap::new(),
         gap_checks: hub.broker.is_distributed() && actor.role != Role::Driver,
         gaps: gaps::Gaps::default(),
-        resync_tx,
-        resync_rx: Some(resync_rx),
+        resync_tx: None,
         tokens: RATE,
         refilled: Instant::now(),
         excess: 0,
@@ -253,7 +254,7 @@ impl Session {
         let shutdown = self.hub.shutdown.clone();
         let lagged = self.sub.lagged.clone();
         let revoked = self.revoked.clone();
-        let mut resync = self.resync_rx.take();
+        let mut resync: Option<mpsc::Receiver<Box<Resynced>>> = None;
         loop {
             let gap_deadline = self.gaps.next_deadline();
             tokio::select! {
@@ -317,9 +318,15 @@ impl Session {
                     }
                 }
                 _ = tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now).into()), if gap_deadline.is_some() => {
+                    if resync.is_none() {
+                        let (tx, rx) = mpsc::channel(16);
+                        self.resync_tx = Some(tx);
+                        resync = Some(rx);
+                    }
                     self.read_back_gaps();
                 }
-                Some((order, topic, current)) = async { resync.as_mut()?.recv().await }, if resync.is_some() => {
+                Some(r) = async { resync.as_mut()?.recv().await }, if resync.is_some() => {
+                    let (order, topic, current) = *r;
                     if self.resynced(socket, order, topic, current).await.is_err() {
                         return self.failed_send_exit();
                     }
@@ -385,10 +392,11 @@ impl Session {
                 is_final,
                 text,
             } => {
+                // (An order this socket has not carried yet starts at version 1: it was not in
+                // the snapshot, so it was created since.)
                 if self.gap_checks && !matches!(topic, Topic::Driver(_)) {
                     let prev = self.sent.get(&order_id).map(|e| e.0).unwrap_or(0);
-                    if prev > 0
-                        && version > prev + 1
+                    if version > prev + 1
                         && self
                             .gaps
                             .park(order_id, version, topic, text.clone(), is_final)
@@ -439,13 +447,14 @@ impl Session {
 
     /// Reads back the orders whose gap did not fill in time.
     fn read_back_gaps(&mut self) {
+        let Some(tx) = &self.resync_tx else { return };
         for (order, topic) in self.gaps.due(Instant::now()) {
             metrics::counter!("hub_version_gap_reads_total").increment(1);
             let hub = self.hub.clone();
-            let tx = self.resync_tx.clone();
+            let tx = tx.clone();
             tokio::spawn(async move {
                 let current = hub.current_message(order).await;
-                let _ = tx.send((order, topic, current)).await;
+                let _ = tx.send(Box::new((order, topic, current))).await;
             });
         }
     }

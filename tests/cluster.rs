@@ -396,6 +396,10 @@ struct Proc {
 
 impl Proc {
     fn spawn(db_url: &str, cluster: &str, name: &str) -> Self {
+        Self::spawn_polling(db_url, cluster, name, 100)
+    }
+
+    fn spawn_polling(db_url: &str, cluster: &str, name: &str, poll_ms: u64) -> Self {
         let bind = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_dispatch-hub"))
             .arg("serve")
@@ -407,7 +411,7 @@ impl Proc {
             .env("HUB_NATS_URL", nats_url())
             .env("HUB_CLUSTER", cluster)
             .env("HUB_NODE_NAME", name)
-            .env("HUB_LEASE_POLL_MS", "100")
+            .env("HUB_LEASE_POLL_MS", poll_ms.to_string())
             .env("HUB_SIGNUPS_PER_ADDRESS_H", "100000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -631,4 +635,97 @@ async fn kill_dash_nine_of_the_leader_fails_over_within_five_seconds(db: PgPool)
         }
     }
     drop(driver_socks);
+}
+
+/// The failover figures of docs/benchmarks.md (not a check: run it on purpose):
+/// `cargo nextest run --test cluster --run-ignored only --no-capture failover_timings`.
+/// Ten times: kill -9 the leader, mark an order ready through a follower at once, and measure
+/// how long until another node holds the lease and until that order is assigned; then start a
+/// fresh node in place of the dead one. Nodes poll the lease every 250 ms (the default).
+#[sqlx::test]
+#[ignore]
+async fn failover_timings(db: PgPool) {
+    dispatch_hub::store::MIGRATOR.run(&db).await.unwrap();
+    let url = db_url_for(&db);
+    let cluster = format!("test_{}", db_name(&db));
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| Proc::spawn_polling(&url, &cluster, &format!("p{i}"), 250))
+        .collect();
+    let mut names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    for p in &procs {
+        wait_healthy(&p.client()).await;
+    }
+    let (_, mut epoch) = wait_for_leader(&procs[0].client(), 0).await;
+    const RUNS: usize = 10;
+    let (mut lease_ms, mut assign_ms) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let view = procs[0].client();
+        let view = if let (200, v) = view.call("GET", "/api/admin/cluster", Some(ADMIN), None).await {
+            v
+        } else {
+            procs[1].client().ok("GET", "/api/admin/cluster", Some(ADMIN), None).await
+        };
+        let leader_id = view["leader"]["node_id"].as_i64().unwrap();
+        let leader_name = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"].as_i64() == Some(leader_id))
+            .and_then(|n| n["name"].as_str())
+            .unwrap()
+            .to_owned();
+        let leader = names.iter().position(|n| *n == leader_name).unwrap();
+        let follower = procs[(leader + 1) % 3].client();
+        // A free driver on a follower, and an accepted order near it.
+        let (_, token) = follower.driver().await;
+        let mut ws = follower.socket(&token).await;
+        let (lat, lng) = (common::rand_in(-50.0, 50.0), common::rand_in(-150.0, 150.0));
+        ws.send(json!({"type": "location", "lat": lat, "lng": lng})).await;
+        let (shop, vendor, product) = follower.shop(lat, lng).await;
+        let (_, buyer) = follower.buyer().await;
+        let (o, _) = follower.order(&buyer, &shop, &product, lat + 0.001, lng).await;
+        let id = o["id"].as_str().unwrap().to_owned();
+        assert_eq!(follower.transition(&vendor, &id, "accept", 1, None).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        procs[leader].kill9();
+        let killed_at = chrono::Utc::now();
+        assert_eq!(follower.transition(&vendor, &id, "mark_ready", 2, None).await.0, 200);
+        let (_, new_epoch) = wait_for_leader(&follower, epoch).await;
+        follower.wait_status(&vendor, &id, "assigned").await;
+        let (took, assigned): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as(
+                "SELECT (SELECT acquired_at FROM dispatch_lease_history WHERE epoch = $2),
+                        created_at
+                 FROM order_events WHERE order_id = $1::uuid AND kind = 'assigned'",
+            )
+            .bind(&id)
+            .bind(new_epoch)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        lease_ms.push((took - killed_at).num_milliseconds());
+        assign_ms.push((assigned - killed_at).num_milliseconds());
+        eprintln!(
+            "run {run}: lease taken after {} ms, first assignment after {} ms (epoch {new_epoch})",
+            lease_ms[run], assign_ms[run]
+        );
+        epoch = new_epoch;
+        drop(ws);
+        // A fresh node in place of the dead one.
+        names[leader] = format!("p{}", 3 + run);
+        procs[leader] = Proc::spawn_polling(&url, &cluster, &names[leader], 250);
+        wait_healthy(&procs[leader].client()).await;
+    }
+    lease_ms.sort_unstable();
+    assign_ms.sort_unstable();
+    eprintln!(
+        "lease taken: min {} / median {} / max {} ms; first assignment: min {} / median {} / max {} ms",
+        lease_ms[0],
+        lease_ms[RUNS / 2],
+        lease_ms[RUNS - 1],
+        assign_ms[0],
+        assign_ms[RUNS / 2],
+        assign_ms[RUNS - 1]
+    );
 }

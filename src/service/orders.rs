@@ -159,7 +159,7 @@ impl Hub {
             address: address.to_owned(),
         };
         let rhash = request_hash(&req);
-        let _guard = self.lock_order(id).await;
+        let guard = self.lock_order(id).await;
         let inserted = store::insert_order(
             &self.db,
             store::NewOrder {
@@ -178,7 +178,7 @@ impl Hub {
         match inserted {
             Inserted::Created(rec, ev) => {
                 self.writer.remember(&rec);
-                self.after_commit(&rec.view, &ev, None).await;
+                self.after_commit(guard, &rec.view, &ev, None).await;
                 Ok((
                     PlacedOrder {
                         order: rec.view,
@@ -279,7 +279,7 @@ impl Hub {
         {
             return Err(Error::validation("an admin must give a reason"));
         }
-        let _guard = self.lock_order(id).await;
+        let guard = self.lock_order(id).await;
         // The order as of the version the client names, without a read when this hub wrote
         // that version itself.
         let rec = self
@@ -422,7 +422,8 @@ impl Hub {
                 return Err(e.into());
             }
         };
-        self.after_commit(&rec.view, &ev, previous_driver).await;
+        self.after_commit(guard, &rec.view, &ev, previous_driver)
+            .await;
         Ok(rec.view)
     }
 
@@ -436,10 +437,14 @@ impl Hub {
         OrderMessage::encode(&rec.view, ev, None)
     }
 
-    /// Publishes a committed event to every socket topic it belongs to and tells the
-    /// dispatcher. Called with the order's lock held, so publish order is commit order.
+    /// Publishes a committed event to every socket topic it belongs to, then lets go of the
+    /// order's lock and tells the dispatcher. Publishing happens under the lock, so publish
+    /// order is commit order; the dispatcher's queue is bounded and a send may wait on it, so
+    /// that happens after (in lock order still: a send that does not wait follows the release
+    /// without a yield, and waiting senders are served first come, first served).
     pub(super) async fn after_commit(
         &self,
+        guard: tokio::sync::MutexGuard<'_, ()>,
         o: &OrderView,
         ev: &EventView,
         previous_driver: Option<DriverId>,
@@ -456,6 +461,7 @@ impl Hub {
             self.broker.publish_order(&m);
         }
         metrics::counter!("hub_transitions_total", "kind" => ev.kind.as_str()).increment(1);
+        drop(guard);
         self.dispatch
             .order_changed(OrderChanged {
                 id: o.id,

@@ -87,7 +87,7 @@ impl Hub {
 
     async fn resolve(&self, a: Ambiguous) -> crate::error::Result<()> {
         crate::store::health::check()?;
-        let _guard = self.lock_order(a.order).await;
+        let guard = self.lock_order(a.order).await;
         // A later transition of the order committed and published since: it carried the order
         // on (and publishing this one now would repeat or reorder what clients got).
         if !self.unresolved.contains_key(&a.order) {
@@ -115,7 +115,7 @@ impl Hub {
         };
         tracing::warn!(order = %a.order, version = a.version, "ambiguous commit had landed; publishing it now");
         metrics::counter!("hub_commits_recovered_total", "published" => "yes").increment(1);
-        self.after_commit(&o, &ev, a.previous_driver).await;
+        self.after_commit(guard, &o, &ev, a.previous_driver).await;
         Ok(())
     }
 }

@@ -19,14 +19,29 @@ use clap::Parser;
 /// * `--connections-only`: create `--sockets` buyers and just hold that many authenticated,
 ///   subscribed sockets for `--duration` seconds.
 ///
+/// A cluster of hub nodes: give `--url` once per node.
+///
 /// Exit status: 0 on success, 1 on a fatal error (hub unreachable, setup failed), 2 on bad
 /// flags, 3 if any correctness counter is not zero, 4 if `--strict` checks failed.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, about, long_about, max_term_width = 100)]
 pub struct Args {
-    /// Base URL of the hub. Only loopback addresses are accepted.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of a hub node; give it once per node of a cluster. Only loopback addresses are
+    /// accepted.
+    ///
+    /// Socket k of the run (shops, then drivers, then buyers) starts on node k mod n; REST
+    /// requests go round-robin, one node per request. A socket whose node is gone (connection
+    /// refused or reset, closed without a closing handshake, or 1001) reconnects to the next
+    /// node in the list; a REST request that got no answer because its node is gone is sent
+    /// once more to the next node if that is safe (the connection was never made, or the
+    /// request is a GET or carries an Idempotency-Key, as orders do). Both are counted as
+    /// failovers, not failures.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub urls: Vec<String>,
 
     /// Admin token the hub was started with; needed to create shops and drivers.
     #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true)]
@@ -182,6 +197,9 @@ impl Args {
         if self.max_inflight_orders == 0 {
             bail!("--max-inflight-orders must be at least 1");
         }
+        if self.urls.is_empty() {
+            bail!("--url needs a value");
+        }
         if self.connections_only {
             if self.sockets == 0 {
                 bail!("--connections-only needs --sockets > 0");
@@ -321,6 +339,26 @@ mod tests {
         assert!(parse_bbox("1,2,3").is_err());
         assert!(parse_bbox("52.6,13.25,52.42,13.55").is_err());
         assert_eq!(b.clamp(60.0, 0.0), (52.60, 13.25));
+    }
+
+    fn args(extra: &[&str]) -> Result<Args> {
+        let mut v = vec!["loadtest", "--admin-token", "t"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v)?.finish()
+    }
+
+    #[test]
+    fn one_url_by_default_and_as_many_as_given() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.urls, ["http://127.0.0.1:8080"]);
+        let a = args(&[
+            "--url",
+            "http://127.0.0.1:8081",
+            "--url",
+            "http://[::1]:8082",
+        ])
+        .unwrap();
+        assert_eq!(a.urls, ["http://127.0.0.1:8081", "http://[::1]:8082"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod backoff;
 mod cli;
 mod drain;
 mod metrics;
+mod nodes;
 mod plot;
 mod proto;
 mod report;
@@ -42,11 +43,12 @@ use crate::cli::Args;
 use crate::metrics::{Metrics, Phase, Violation};
 use crate::proto::Kind;
 use crate::report::{
-    ConfigEcho, MessageFigures, OrderFigures, ProcFigures, Report, RetryFigures, SocketFigures,
+    ConfigEcho, Failovers, MessageFigures, OrderFigures, ProcFigures, Report, RetryFigures,
+    SocketFigures,
 };
 use crate::rest::Rest;
 use crate::setup::{Acct, Setup};
-use crate::ws::{Net, SocketSpec, run_socket};
+use crate::ws::{Net, Node, SocketSpec, run_socket};
 
 /// Exit status when a correctness counter is not zero.
 const EXIT_VIOLATION: u8 = 3;
@@ -143,8 +145,12 @@ async fn run(args: Args) -> Result<ExitCode> {
              --max-inflight-orders or --setup-concurrency"
         );
     }
-    let (hub, ws_url) = resolve_hub(&args.url).await?;
-    let sources: Vec<IpAddr> = if hub.is_ipv4() {
+    let mut nodes = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        let (addr, ws_url) = resolve_hub(url).await?;
+        nodes.push(Node { addr, ws_url });
+    }
+    let sources: Vec<IpAddr> = if nodes.iter().all(|n| n.addr.is_ipv4()) {
         (1..=args.source_ip_count())
             .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
             .collect()
@@ -152,15 +158,14 @@ async fn run(args: Args) -> Result<ExitCode> {
         Vec::new()
     };
     let net = Arc::new(Net {
-        hub,
-        ws_url,
+        nodes,
         sources,
         connect_permits: Semaphore::new(args.connect_concurrency),
         max_reconnects: args.max_reconnects,
     });
     let metrics = Arc::new(Metrics::new());
     let pool = args.setup_concurrency.max(args.max_inflight_orders);
-    let rest = Arc::new(Rest::new(&args.url, pool, metrics.clone())?);
+    let rest = Arc::new(Rest::new(&args.urls, pool, metrics.clone())?);
     rest.health().await?;
 
     let (int_tx, mut interrupted) = watch::channel(false);
@@ -242,6 +247,8 @@ async fn run(args: Args) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ramp_start = Instant::now();
     let start_at = |i: usize| ramp_start + args.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
+    // Socket i (shops, then drivers, then buyers) starts on node i mod n.
+    let node_of = |i: usize| nodes::first_node(i, net.nodes.len());
     let mut tasks = JoinSet::new();
     let mut i = 0usize;
     for s in &shops {
@@ -249,6 +256,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             token: s.token.clone(),
             topic: format!("shop:{}", s.id),
             source: net.source(i),
+            node: node_of(i),
         };
         let actor = Vendor::new(s.id, args.prep, metrics.clone());
         tasks.spawn(run_socket(
@@ -272,6 +280,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             token: d.token.clone(),
             topic: format!("driver:{}", d.id),
             source: net.source(i),
+            node: node_of(i),
         };
         let actor = Driver::new(d.id, params, metrics.clone());
         tasks.spawn(run_socket(
@@ -289,6 +298,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             token: b.token.clone(),
             topic: format!("buyer:{}", b.id),
             source: net.source(i),
+            node: node_of(i),
         };
         let actor = Buyer::new(b.id, metrics.clone());
         tasks.spawn(run_socket(
@@ -482,6 +492,10 @@ async fn run(args: Args) -> Result<ExitCode> {
                 0.0
             },
             connect_latency: metrics::HistSummary::of(&metrics.connect.snapshot()),
+        },
+        failovers: Failovers {
+            socket_failovers: metrics.socket_failovers.load(Relaxed),
+            rest_failovers: metrics.rest_failovers.load(Relaxed),
         },
         messages: MessageFigures {
             received: metrics.msgs_in.load(Relaxed),

@@ -199,6 +199,10 @@ pub struct Metrics {
     pub connects_ok: AtomicU64,
     pub reconnects: AtomicU64,
     pub gave_up: AtomicU64,
+    /// Reconnects sent to the next node because the socket's node was gone.
+    pub socket_failovers: AtomicU64,
+    /// REST requests sent once more to the next node because their node was gone.
+    pub rest_failovers: AtomicU64,
     /// µs since `started` of the first connect attempt and of the last socket's first
     /// successful connect.
     pub first_connect_start_us: AtomicU64,
@@ -254,6 +258,8 @@ impl Metrics {
             connects_ok: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
+            socket_failovers: AtomicU64::new(0),
+            rest_failovers: AtomicU64::new(0),
             first_connect_start_us: AtomicU64::new(u64::MAX),
             last_connect_done_us: AtomicU64::new(0),
             msgs_in: AtomicU64::new(0),

@@ -139,7 +139,10 @@ pub async fn sample_loop(
 /// The flags of the run, echoed into the report.
 #[derive(Debug, Serialize)]
 pub struct ConfigEcho {
+    /// The first `--url`.
     pub url: String,
+    /// Every `--url`, in order.
+    pub urls: Vec<String>,
     pub connections_only: bool,
     pub shops: usize,
     pub drivers: usize,
@@ -160,7 +163,8 @@ pub struct ConfigEcho {
 impl ConfigEcho {
     pub fn from_args(a: &Args, shops: usize, drivers: usize, buyers: usize) -> Self {
         ConfigEcho {
-            url: a.url.clone(),
+            url: a.urls.first().cloned().unwrap_or_default(),
+            urls: a.urls.clone(),
             connections_only: a.connections_only,
             shops,
             drivers,
@@ -284,11 +288,22 @@ fn max_opt(acc: Option<f64>, v: f64) -> Option<f64> {
     Some(acc.map_or(v, |a| a.max(v)))
 }
 
+/// Attempts sent to the next node because a node was gone (see [`crate::nodes`]). Not
+/// failures: a cluster losing a node is what they are about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Failovers {
+    /// Socket reconnects that went to the next node.
+    pub socket_failovers: u64,
+    /// REST requests sent once more to the next node.
+    pub rest_failovers: u64,
+}
+
 /// Everything the run measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub config: ConfigEcho,
     pub sockets: SocketFigures,
+    pub failovers: Failovers,
     pub messages: MessageFigures,
     pub orders: OrderFigures,
     pub retries: RetryFigures,
@@ -381,6 +396,14 @@ impl Report {
                 c.shops, c.drivers, c.buyers, c.rate, c.duration_s, c.ramp_up_s, c.source_ips
             )?;
         }
+        if c.urls.len() > 1 {
+            writeln!(
+                w,
+                "nodes: {} (socket k on node k mod {}, REST round-robin)",
+                c.urls.join(", "),
+                c.urls.len()
+            )?;
+        }
         let s = &self.sockets;
         writeln!(
             w,
@@ -394,6 +417,14 @@ impl Report {
             s.reconnects,
             s.gave_up
         )?;
+        let f = &self.failovers;
+        if c.urls.len() > 1 || f.socket_failovers + f.rest_failovers > 0 {
+            writeln!(
+                w,
+                "failovers to the next node: socket reconnects {}, REST requests {}",
+                f.socket_failovers, f.rest_failovers
+            )?;
+        }
         let m = &self.messages;
         writeln!(
             w,

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{Net, SocketSpec};
 use crate::metrics::Metrics;
+use crate::nodes;
 use crate::proto::{ClientMsg, Order, ServerMsg};
 
 pub(super) type Ws = WebSocketStream<TcpStream>;
@@ -36,14 +37,30 @@ pub(super) struct OpenError {
     pub(super) key: String,
     /// `Retry-After` of a 503 answer to the upgrade (`too_many_connections`).
     pub(super) retry_after: Option<Duration>,
+    /// The node is gone (see [`crate::nodes`]): try the next one.
+    pub(super) node_down: bool,
+}
+
+impl OpenError {
+    fn down(key: String, node_down: bool) -> Self {
+        OpenError {
+            key,
+            retry_after: None,
+            node_down,
+        }
+    }
+
+    fn ws(stage: &str, e: &tokio_tungstenite::tungstenite::Error) -> Self {
+        OpenError::down(
+            format!("connect:{stage}:{}", short_ws_error(e)),
+            nodes::ws_down(e),
+        )
+    }
 }
 
 impl From<String> for OpenError {
     fn from(key: String) -> Self {
-        OpenError {
-            key,
-            retry_after: None,
-        }
+        OpenError::down(key, false)
     }
 }
 
@@ -53,14 +70,18 @@ impl From<&str> for OpenError {
     }
 }
 
-/// Connect, upgrade, authenticate and subscribe. Returns the socket and its snapshot, or why
-/// not.
+/// Connect to `net.nodes[node]`, upgrade, authenticate and subscribe. Returns the socket and
+/// its snapshot, or why not.
 pub(super) async fn open(
     net: &Net,
+    node: usize,
     metrics: &Metrics,
     spec: &SocketSpec,
 ) -> Result<(Ws, Vec<Order>), OpenError> {
-    let sock = if net.hub.is_ipv4() {
+    let Some(hub) = net.nodes.get(node) else {
+        return Err("connect:no_node".into());
+    };
+    let sock = if hub.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
@@ -70,21 +91,23 @@ pub(super) async fn open(
         sock.bind(SocketAddr::new(ip, 0))
             .map_err(|e| format!("connect:bind:{:?}", e.kind()))?;
     }
-    let stream = sock
-        .connect(net.hub)
-        .await
-        .map_err(|e| format!("connect:tcp:{:?}", e.kind()))?;
+    let stream = sock.connect(hub.addr).await.map_err(|e| {
+        OpenError::down(
+            format!("connect:tcp:{:?}", e.kind()),
+            nodes::io_down(e.kind()),
+        )
+    })?;
     let _ = stream.set_nodelay(true);
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(net.ws_url.as_str(), stream, Some(ws_config()))
+        tokio_tungstenite::client_async_with_config(hub.ws_url.as_str(), stream, Some(ws_config()))
             .await
             .map_err(|e| OpenError {
-                key: format!("connect:upgrade:{}", short_ws_error(&e)),
                 retry_after: upgrade_retry_after(&e),
+                ..OpenError::ws("upgrade", &e)
             })?;
     send_text(&mut ws, ClientMsg::Auth { token: &spec.token }.to_json())
         .await
-        .map_err(|e| format!("connect:auth_send:{e}"))?;
+        .map_err(|e| OpenError::ws("auth_send", &e))?;
     metrics.msgs_out.fetch_add(1, Relaxed);
     match next_msg(&mut ws, metrics).await? {
         ServerMsg::Welcome => {}
@@ -97,7 +120,7 @@ pub(super) async fn open(
     };
     send_text(&mut ws, sub.to_json())
         .await
-        .map_err(|e| format!("connect:subscribe_send:{e}"))?;
+        .map_err(|e| OpenError::ws("subscribe_send", &e))?;
     metrics.msgs_out.fetch_add(1, Relaxed);
     // Only the snapshot (or an error) can answer a single subscribe; skip anything else
     // (a pong, say), but not forever.
@@ -124,27 +147,26 @@ fn upgrade_retry_after(e: &tokio_tungstenite::tungstenite::Error) -> Option<Dura
     }
 }
 
-async fn send_text(ws: &mut Ws, text: String) -> Result<(), String> {
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| short_ws_error(&e))
+async fn send_text(ws: &mut Ws, text: String) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.send(Message::text(text)).await
 }
 
 /// The next JSON frame during the handshake phase.
-async fn next_msg(ws: &mut Ws, metrics: &Metrics) -> Result<ServerMsg, String> {
+async fn next_msg(ws: &mut Ws, metrics: &Metrics) -> Result<ServerMsg, OpenError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 metrics.msgs_in.fetch_add(1, Relaxed);
-                return serde_json::from_str(&t).map_err(|_| "connect:bad_json".to_string());
+                return serde_json::from_str(&t).map_err(|_| "connect:bad_json".into());
             }
             Some(Ok(Message::Close(f))) => {
                 let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
-                return Err(format!("connect:closed:{code}"));
+                let key = format!("connect:closed:{code}");
+                return Err(OpenError::down(key, nodes::close_down(code)));
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("connect:read:{}", short_ws_error(&e))),
-            None => return Err("connect:eof".into()),
+            Some(Err(e)) => return Err(OpenError::ws("read", &e)),
+            None => return Err(OpenError::down("connect:eof".into(), true)),
         }
     }
 }

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::backoff::{self, Reconnect};
 use crate::metrics::{Metrics, Violation};
+use crate::nodes;
 use crate::proto::{Action, Event, Order, ServerMsg, parse_transition_ref};
 use connect::{Ws, open, short_ws_error};
 pub use outbox::Outbox;
@@ -41,9 +42,16 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing socket waits for the hub's close answer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub struct Net {
-    pub hub: SocketAddr,
+/// One hub node: where its sockets connect.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub addr: SocketAddr,
     pub ws_url: String,
+}
+
+pub struct Net {
+    /// The nodes, in `--url` order (at least one).
+    pub nodes: Vec<Node>,
     pub sources: Vec<IpAddr>,
     pub connect_permits: Semaphore,
     pub max_reconnects: u32,
@@ -74,6 +82,27 @@ pub struct SocketSpec {
     pub token: String,
     pub topic: String,
     pub source: Option<IpAddr>,
+    /// The node (index into [`Net::nodes`]) of the first connection.
+    pub node: usize,
+}
+
+/// Why a session ended, or an attempt to open one failed.
+#[derive(Debug)]
+pub(crate) struct Lost {
+    /// The key for the error table.
+    pub(crate) key: String,
+    /// The node is gone (refused, reset, closed without a closing handshake, or 1001): the
+    /// next attempt goes to the next node.
+    pub(crate) node_down: bool,
+}
+
+impl Lost {
+    fn new(key: impl Into<String>, node_down: bool) -> Self {
+        Lost {
+            key: key.into(),
+            node_down,
+        }
+    }
 }
 
 /// The behaviour behind one socket. All callbacks are synchronous; anything to send or to do
@@ -153,6 +182,7 @@ pub async fn run_socket<A: Actor>(
     let mut out = Outbox::new();
     let mut budget = Reconnect::new(net.max_reconnects);
     let mut connected_before = false;
+    let mut node = spec.node % net.nodes.len().max(1);
     loop {
         if *stop.borrow() {
             return;
@@ -164,30 +194,36 @@ pub async fn run_socket<A: Actor>(
             let t0 = Instant::now();
             metrics.connect_started(t0.into_std());
             tokio::select! {
-                r = timeout(OPEN_TIMEOUT, open(&net, &metrics, &spec)) => {
+                r = timeout(OPEN_TIMEOUT, open(&net, node, &metrics, &spec)) => {
                     r.unwrap_or_else(|_| Err("connect:timeout".into())).map(|ok| (ok, t0.elapsed()))
                 }
                 _ = stopped(&mut stop) => return,
             }
         };
         let mut retry_after = None;
-        match opened {
+        let node_down = match opened {
             Ok(((ws, orders), took)) => {
                 metrics.connected(took, connected_before);
                 connected_before = true;
                 let up = Instant::now();
                 let end = session(ws, orders, &mut actor, &mut out, &metrics, &mut stop).await;
                 metrics.disconnected();
-                match end {
-                    None => return,
-                    Some(reason) => metrics.error(reason),
-                }
+                let Some(lost) = end else {
+                    return;
+                };
+                metrics.error(lost.key);
                 budget.session_ended(up.elapsed());
+                lost.node_down
             }
             Err(e) => {
                 metrics.error(e.key);
                 retry_after = e.retry_after;
+                e.node_down
             }
+        };
+        if node_down && net.nodes.len() > 1 {
+            node = nodes::next_node(node, net.nodes.len());
+            metrics.socket_failovers.fetch_add(1, Relaxed);
         }
         let Some(backoff) = budget.failed(backoff::jitter(), retry_after) else {
             metrics.gave_up.fetch_add(1, Relaxed);
@@ -200,7 +236,7 @@ pub async fn run_socket<A: Actor>(
     }
 }
 
-/// One connected, subscribed session. Returns `None` when stopped, or the reason it was lost.
+/// One connected, subscribed session. Returns `None` when stopped, or why it was lost.
 async fn session<A: Actor>(
     mut ws: Ws,
     snapshot: Vec<Order>,
@@ -208,7 +244,7 @@ async fn session<A: Actor>(
     out: &mut Outbox<A::Cmd>,
     metrics: &Metrics,
     stop: &mut watch::Receiver<bool>,
-) -> Option<String> {
+) -> Option<Lost> {
     let every_event = actor.topic_kind() == TopicKind::EveryEvent;
     // the highest version this connection has received per order
     let mut seen: HashMap<Uuid, u64> = HashMap::with_capacity(snapshot.len());
@@ -249,16 +285,17 @@ async fn session<A: Actor>(
                 Some(Ok(Message::Close(f))) => {
                     let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
                     out.frames.clear();
-                    return Some(format!("close:{code}"));
+                    return Some(Lost::new(format!("close:{code}"), nodes::close_down(code)));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     out.frames.clear();
-                    return Some(format!("socket:read:{}", short_ws_error(&e)));
+                    let key = format!("socket:read:{}", short_ws_error(&e));
+                    return Some(Lost::new(key, nodes::ws_down(&e)));
                 }
                 None => {
                     out.frames.clear();
-                    return Some("socket:eof".into());
+                    return Some(Lost::new("socket:eof", true));
                 }
             },
             _ = maybe_tick(&mut tick) => actor.on_tick(out),
@@ -374,12 +411,22 @@ mod tests {
     use futures::SinkExt;
     use serde_json::{Value, json};
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
     use tokio_tungstenite::WebSocketStream;
 
     fn net(hub: SocketAddr, max_reconnects: u32) -> Arc<Net> {
+        cluster(&[hub], max_reconnects)
+    }
+
+    fn cluster(hubs: &[SocketAddr], max_reconnects: u32) -> Arc<Net> {
         Arc::new(Net {
-            hub,
-            ws_url: format!("ws://{hub}/ws"),
+            nodes: hubs
+                .iter()
+                .map(|hub| Node {
+                    addr: *hub,
+                    ws_url: format!("ws://{hub}/ws"),
+                })
+                .collect(),
             sources: Vec::new(),
             connect_permits: Semaphore::new(4),
             max_reconnects,
@@ -391,6 +438,7 @@ mod tests {
             token: "tok".into(),
             topic: "shop:x".into(),
             source: None,
+            node: 0,
         }
     }
 
@@ -464,6 +512,124 @@ mod tests {
             .unwrap();
         assert_eq!(metrics.retries().get("ws:unavailable"), Some(&1));
         assert_eq!(metrics.errors().get("ws:unavailable"), Some(&1));
+    }
+
+    /// What a fake node does with each socket it accepts, in turn.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// Welcome it, send an empty snapshot, then drop the TCP connection without a closing
+        /// handshake (the node died).
+        Die,
+        /// Welcome it, send an empty snapshot and keep it.
+        Hold,
+    }
+
+    /// A node that treats the sockets it accepts as `script` says; reports each subscribed
+    /// socket with its position in the script.
+    async fn fake_node(script: Vec<Then>) -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for (n, then) in script.into_iter().enumerate() {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                assert_eq!(recv_json(&mut ws).await["type"], "auth");
+                send_json(&mut ws, json!({"type": "welcome", "role": "vendor"})).await;
+                assert_eq!(recv_json(&mut ws).await["type"], "subscribe");
+                send_json(&mut ws, json!({"type": "snapshot", "orders": []})).await;
+                let _ = tx.send(n);
+                match then {
+                    Then::Die => drop(ws),
+                    Then::Hold => held.push(ws),
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        (addr, rx)
+    }
+
+    /// A loopback address nothing listens on.
+    async fn dead_node() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    /// Run one socket on `net` until `done` holds for the metrics, then stop it.
+    async fn run_until(net: Arc<Net>, metrics: Arc<Metrics>, done: impl Fn(&Metrics) -> bool) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let actor = Vendor::new(Uuid::new_v4(), Duration::from_secs(60), metrics.clone());
+        let socket = tokio::spawn(run_socket(
+            net,
+            metrics.clone(),
+            spec(),
+            actor,
+            Instant::now(),
+            stop_rx,
+        ));
+        timeout(Duration::from_secs(10), async {
+            while !done(&metrics) {
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("in time");
+        let _ = stop_tx.send(true);
+        timeout(Duration::from_secs(5), socket)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    fn connects(m: &Metrics) -> u64 {
+        m.connects_ok.load(Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_node_refuses_connects_to_the_next_node() {
+        let dead = dead_node().await;
+        let (live, mut on_live) = fake_node(vec![Then::Hold]).await;
+        let metrics = Arc::new(Metrics::new());
+        run_until(cluster(&[dead, live], 3), metrics.clone(), |m| {
+            connects(m) == 1
+        })
+        .await;
+        assert_eq!(on_live.recv().await, Some(0));
+        assert_eq!(metrics.socket_failovers.load(Relaxed), 1);
+        assert_eq!(
+            metrics.errors().get("connect:tcp:ConnectionRefused"),
+            Some(&1)
+        );
+        assert_eq!(metrics.gave_up.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_node_dies_reconnects_to_the_next_node() {
+        let (a, mut on_a) = fake_node(vec![Then::Die]).await;
+        let (b, mut on_b) = fake_node(vec![Then::Hold]).await;
+        let metrics = Arc::new(Metrics::new());
+        run_until(cluster(&[a, b], 3), metrics.clone(), |m| connects(m) == 2).await;
+        assert_eq!(on_a.recv().await, Some(0));
+        assert_eq!(on_b.recv().await, Some(0));
+        assert_eq!(metrics.socket_failovers.load(Relaxed), 1);
+        assert_eq!(metrics.reconnects.load(Relaxed), 1);
+        let errors = metrics.errors();
+        assert!(
+            errors.keys().any(|k| k.starts_with("socket:read:")),
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_one_node_a_socket_reconnects_to_it_without_a_failover() {
+        let (a, mut on_a) = fake_node(vec![Then::Die, Then::Hold]).await;
+        let metrics = Arc::new(Metrics::new());
+        run_until(net(a, 3), metrics.clone(), |m| connects(m) == 2).await;
+        assert_eq!(on_a.recv().await, Some(0));
+        assert_eq!(on_a.recv().await, Some(1));
+        assert_eq!(metrics.socket_failovers.load(Relaxed), 0);
+        assert_eq!(metrics.reconnects.load(Relaxed), 1);
     }
 
     #[tokio::test]

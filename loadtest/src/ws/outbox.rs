@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use super::Lost;
 use super::connect::{Ws, short_ws_error};
 use crate::backoff::Retry;
 use crate::metrics::Metrics;
@@ -176,12 +177,20 @@ impl<C> Default for Outbox<C> {
     }
 }
 
+/// A failed write: the key for the error table, and whether it says the node is gone.
+fn write_lost(e: tokio_tungstenite::tungstenite::Error) -> Lost {
+    Lost::new(
+        format!("socket:write:{}", short_ws_error(&e)),
+        crate::nodes::ws_down(&e),
+    )
+}
+
 /// Write the outbox's frames; transitions get their send time recorded just before the write.
 pub(super) async fn flush<C>(
     ws: &mut Ws,
     out: &mut Outbox<C>,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<(), Lost> {
     if out.frames.is_empty() {
         return Ok(());
     }
@@ -198,13 +207,9 @@ pub(super) async fn flush<C>(
                 json
             }
         };
-        ws.feed(Message::text(json))
-            .await
-            .map_err(|e| format!("socket:write:{}", short_ws_error(&e)))?;
+        ws.feed(Message::text(json)).await.map_err(write_lost)?;
     }
-    ws.flush()
-        .await
-        .map_err(|e| format!("socket:write:{}", short_ws_error(&e)))?;
+    ws.flush().await.map_err(write_lost)?;
     metrics.msgs_out.fetch_add(n, Relaxed);
     Ok(())
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+
+use crate::shard::{Shard, Slices};
 
 /// Drive a running dispatch-hub through its public REST API and WebSocket protocol, measure
 /// latencies and check the ordering guarantees of the socket protocol.
@@ -19,23 +21,35 @@ use clap::Parser;
 /// * `--connections-only`: create `--sockets` buyers and just hold that many authenticated,
 ///   subscribed sockets for `--duration` seconds.
 ///
-/// A cluster of hub nodes: give `--url` once per node.
+/// A cluster of hub nodes: give `--url` once per node. Past one process's open files: split
+/// the run with `--shard i/n` into n processes (or let `--processes n` start them), then
+/// `loadtest merge` their `--json` reports.
 ///
 /// Exit status: 0 on success, 1 on a fatal error (hub unreachable, setup failed), 2 on bad
 /// flags, 3 if any correctness counter is not zero, 4 if `--strict` checks failed.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "loadtest", version, about, long_about, max_term_width = 100)]
+#[command(
+    name = "loadtest",
+    version,
+    about,
+    long_about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Base URL of a hub node; give it once per node of a cluster. Only loopback addresses are
     /// accepted.
     ///
-    /// Socket k of the run (shops, then drivers, then buyers) starts on node k mod n; REST
-    /// requests go round-robin, one node per request. A socket whose node is gone (connection
-    /// refused or reset, closed without a closing handshake, or 1001) reconnects to the next
-    /// node in the list; a REST request that got no answer because its node is gone is sent
-    /// once more to the next node if that is safe (the connection was never made, or the
-    /// request is a GET or carries an Idempotency-Key, as orders do). Both are counted as
-    /// failovers, not failures.
+    /// Socket k of the run (shops, then drivers, then buyers) starts on node
+    /// k mod n; REST requests go round-robin, one node per request. A socket whose node is
+    /// gone (connection refused or reset, closed without a closing handshake, or 1001)
+    /// reconnects to the next node in the list; a REST request that got no answer because its
+    /// node is gone is sent once more to the next node if that is safe (the connection was
+    /// never made, or the request is a GET or carries an Idempotency-Key, as orders do).
+    /// Both are counted as failovers, not failures.
     #[arg(
         long = "url",
         value_name = "URL",
@@ -167,6 +181,57 @@ pub struct Args {
     /// 5 s, 1 s ramp-up, `--strict`. Explicit flags given with it are overridden.
     #[arg(long)]
     pub smoke: bool,
+
+    /// Run only shard i of a run split into n processes (`2/3`), for more sockets than one
+    /// process may open.
+    ///
+    /// The shard runs the i-th of n equal slices of the shops, drivers and buyers (or of
+    /// `--sockets`), each created by this process with names of its own, and places
+    /// `--rate`/n orders per second. The other flags are the whole run's and must be the same
+    /// for every shard. Needs `--shard-dir`; write the report with
+    /// `--json` and combine the shards' reports with `loadtest merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+
+    /// A fresh directory the shards of one run share, to start and stop together.
+    ///
+    /// A shard opens its sockets once every shard has finished its setup, and closes them once
+    /// every shard's orders are final (its drivers may be carrying other shards' orders: the
+    /// hub dispatches any free driver); the shards pass each other their orders' OTPs through
+    /// files there.
+    #[arg(long, value_name = "DIR")]
+    pub shard_dir: Option<PathBuf>,
+
+    /// Split the run into n shards and run each as a child process of this one
+    /// (`--shard i/n`), then print the merged report.
+    ///
+    /// `--json` writes the merged report; the shards' own reports and tables stay in
+    /// `--shard-dir` (default: a new directory under the system's temporary directory).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub processes: Option<u32>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Combine the `--json` reports of a run's shards into one report.
+    ///
+    /// Counts are summed; latency percentiles come from the shards' histograms added together.
+    /// The exit status is what one unsharded run with these figures would give (3 if a
+    /// correctness counter is not zero, 4 if the `--strict` checks fail on the sums).
+    Merge(MergeArgs),
+}
+
+/// Flags of `loadtest merge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// The shards' reports (`--json` of each shard), all n of one run.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Also write the merged report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 impl Args {
@@ -200,13 +265,29 @@ impl Args {
         if self.urls.is_empty() {
             bail!("--url needs a value");
         }
+        if self.shard.is_some() && self.processes.is_some() {
+            bail!("--shard and --processes exclude each other (--processes passes --shard)");
+        }
+        if self.processes.is_some() && self.plot.is_some() {
+            bail!("--plot is not drawn for --processes; plot a single shard's run instead");
+        }
+        let n = self.shard.map(|s| s.count).or(self.processes).unwrap_or(1) as usize;
+        if self.shard.is_some_and(|s| s.count > 1) && self.shard_dir.is_none() {
+            bail!("--shard needs --shard-dir (a fresh directory every shard of the run shares)");
+        }
         if self.connections_only {
             if self.sockets == 0 {
                 bail!("--connections-only needs --sockets > 0");
             }
+            if self.sockets < n {
+                bail!("{n} shards need --sockets >= {n}");
+            }
         } else {
             if self.shops == 0 || self.drivers == 0 || self.buyers == 0 {
                 bail!("a lifecycle run needs --shops, --drivers and --buyers > 0");
+            }
+            if self.shops.min(self.drivers).min(self.buyers) < n {
+                bail!("{n} shards need at least {n} each of --shops, --drivers and --buyers");
             }
             if self.admin_token.as_deref().unwrap_or("").is_empty() {
                 bail!("a lifecycle run needs --admin-token (or HUB_ADMIN_TOKEN)");
@@ -215,7 +296,7 @@ impl Args {
         Ok(self)
     }
 
-    /// Total sockets the run opens.
+    /// Total sockets the run opens (all shards together).
     pub fn total_sockets(&self) -> usize {
         if self.connections_only {
             self.sockets
@@ -224,7 +305,35 @@ impl Args {
         }
     }
 
-    /// Number of loopback source addresses to use.
+    /// This process's shard (the whole run when not sharded).
+    pub fn shard_or_whole(&self) -> Shard {
+        self.shard.unwrap_or(Shard::WHOLE)
+    }
+
+    /// This shard's slices of the shops, drivers and buyers (lifecycle) or, as `buyers`, of
+    /// the `--connections-only` sockets.
+    pub fn slices(&self) -> Slices {
+        let shard = self.shard_or_whole();
+        if self.connections_only {
+            Slices::of(shard, 0, 0, self.sockets)
+        } else {
+            Slices::of(shard, self.shops, self.drivers, self.buyers)
+        }
+    }
+
+    /// Sockets this process opens.
+    pub fn shard_sockets(&self) -> usize {
+        let s = self.slices();
+        s.shops.len() + s.drivers.len() + s.buyers.len()
+    }
+
+    /// Orders per second this process places.
+    pub fn shard_rate(&self) -> f64 {
+        self.rate / f64::from(self.shard_or_whole().count)
+    }
+
+    /// Number of loopback source addresses to use (for the whole run: the shards spread their
+    /// sockets over the same addresses, by their index in the whole run).
     pub fn source_ip_count(&self) -> u8 {
         match self.source_ips {
             Some(n) => n,
@@ -234,7 +343,7 @@ impl Args {
 }
 
 /// A latitude/longitude rectangle.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BBox {
     pub min_lat: f64,
     pub min_lng: f64,
@@ -359,6 +468,67 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.urls, ["http://127.0.0.1:8081", "http://[::1]:8082"]);
+    }
+
+    #[test]
+    fn a_run_without_shard_is_the_whole_run() {
+        let a = args(&["--rate", "30"]).unwrap();
+        assert_eq!(a.shard_or_whole(), Shard::WHOLE);
+        assert_eq!(a.slices(), Slices::of(Shard::WHOLE, 20, 200, 500));
+        assert_eq!(a.shard_sockets(), a.total_sockets());
+        assert_eq!(a.shard_rate(), 30.0);
+    }
+
+    #[test]
+    fn a_shard_runs_its_slice_at_its_share_of_the_rate() {
+        let dir = ["--shard-dir", "d"];
+        let a = args(&[&["--shard", "2/3", "--rate", "30"][..], &dir].concat()).unwrap();
+        assert_eq!(a.shard, Some(Shard { index: 2, count: 3 }));
+        let s = a.slices();
+        assert_eq!((s.shops, s.drivers, s.buyers), (6..13, 66..133, 166..333));
+        assert_eq!(a.shard_sockets(), 7 + 67 + 167);
+        assert_eq!(a.total_sockets(), 720);
+        assert_eq!(a.shard_rate(), 10.0);
+        let a = args(
+            &[
+                &["--connections-only", "--sockets", "1000", "--shard", "3/3"][..],
+                &dir,
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(a.slices().buyers, 666..1000);
+        assert_eq!(a.shard_sockets(), 334);
+        // one shard of one needs no directory
+        assert!(args(&["--shard", "1/1"]).is_ok());
+    }
+
+    #[test]
+    fn shard_flags_that_cannot_work_are_refused() {
+        assert!(args(&["--shard", "0/3"]).is_err());
+        assert!(args(&["--shard", "2/3"]).is_err(), "no --shard-dir");
+        let dir = ["--shard-dir", "d"];
+        assert!(args(&[&["--shard", "1/3", "--processes", "3"][..], &dir].concat()).is_err());
+        assert!(args(&[&["--shard", "1/3", "--shops", "2"][..], &dir].concat()).is_err());
+        assert!(args(&["--processes", "4", "--shops", "3"]).is_err());
+        assert!(args(&["--processes", "2", "--plot", "x.png"]).is_err());
+        assert!(args(&["--processes", "0"]).is_err());
+    }
+
+    #[test]
+    fn merge_is_a_subcommand() {
+        let a = Args::try_parse_from(["loadtest", "merge", "a.json", "b.json", "--json", "m.json"])
+            .unwrap();
+        let Some(Command::Merge(m)) = a.command else {
+            panic!("not parsed as merge: {:?}", a.command);
+        };
+        assert_eq!(m.files, [PathBuf::from("a.json"), PathBuf::from("b.json")]);
+        assert_eq!(m.json, Some(PathBuf::from("m.json")));
+        assert!(
+            Args::try_parse_from(["loadtest", "merge"]).is_err(),
+            "no files"
+        );
+        assert!(Args::try_parse_from(["loadtest", "--rate", "5", "merge", "a.json"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -55,7 +55,7 @@ pub async fn ask_hub(
 }
 
 /// The sockets' view of the placed orders beside the hub's.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// Orders this run placed and the drain asked about.
     pub asked: usize,
@@ -66,7 +66,7 @@ pub struct Verdict {
     /// Orders still active according to the hub: **the** unfinished count.
     pub unfinished: usize,
     /// The hub's status of each of those.
-    pub unfinished_by_status: BTreeMap<&'static str, usize>,
+    pub unfinished_by_status: BTreeMap<String, usize>,
     /// Orders the shop sockets never saw reach a final status.
     pub unfinished_on_sockets: usize,
     /// Of those, the ones the hub says are final (finished while a socket was not listening).
@@ -98,7 +98,7 @@ pub fn judge(seen: &[(Uuid, Seen)], answers: &Answers) -> Verdict {
         } else {
             v.unfinished += 1;
             *v.unfinished_by_status
-                .entry(hub.status.as_str())
+                .entry(hub.status.as_str().to_string())
                 .or_insert(0) += 1;
         }
         if hub.version < s.version || (socket_final && hub.status != s.status) {

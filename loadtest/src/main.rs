@@ -6,11 +6,16 @@
 //!
 //! Run phases: setup → ramp-up (sockets open) → load (`--duration`) → drain → stop → check
 //! (which placed orders are unfinished, asked of the hub) → report.
+//!
+//! A cluster is driven through several `--url`s ([`nodes`]); a run too big for one process is
+//! split into shards ([`shard`]), whose reports `loadtest merge` combines ([`merge`]), or which
+//! `--processes` starts and merges itself ([`spawn`]).
 
 mod actors;
 mod backoff;
 mod cli;
 mod drain;
+mod merge;
 mod metrics;
 mod nodes;
 mod plot;
@@ -18,12 +23,15 @@ mod proto;
 mod report;
 mod rest;
 mod setup;
+mod shard;
+mod spawn;
 mod sysinfo;
 mod ws;
 
-use std::collections::HashSet;
-use std::io::IsTerminal;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,15 +47,16 @@ use tokio::time::{Instant, sleep};
 use crate::actors::buyer::{Buyer, OrderGen};
 use crate::actors::driver::{Driver, DriverParams};
 use crate::actors::vendor::Vendor;
-use crate::cli::Args;
+use crate::cli::{Args, Command};
 use crate::metrics::{Metrics, Phase, Violation};
 use crate::proto::Kind;
 use crate::report::{
     ConfigEcho, Failovers, MessageFigures, OrderFigures, ProcFigures, Report, RetryFigures,
-    SocketFigures,
+    SocketFigures, StrictInput,
 };
 use crate::rest::Rest;
 use crate::setup::{Acct, Setup};
+use crate::shard::{Line, OtpShare, Waited};
 use crate::ws::{Net, Node, SocketSpec, run_socket};
 
 /// Exit status when a correctness counter is not zero.
@@ -63,9 +72,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// During the drain, when the sockets have heard of no order finishing for this long, the
 /// orders they still hold are asked of the hub (they may have finished unheard).
 const DRAIN_STALL: Duration = Duration::from_secs(1);
+/// Longest wait, after this shard's setup, for the other shards to finish theirs.
+const START_LINE_WAIT: Duration = Duration::from_secs(600);
+/// Longest wait, past this shard's drain time, for the other shards to finish their drains
+/// (they started together, so they normally end within a second of each other).
+const END_LINE_GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let args = match Args::parse().finish() {
+    let args = Args::parse();
+    if let Some(Command::Merge(m)) = &args.command {
+        return merge::main(m);
+    }
+    let args = match args.finish() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -82,10 +100,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(args)) {
+    let shard_dir = args.shard_dir.clone().zip(args.shard);
+    let outcome = match args.processes {
+        Some(n) => rt.block_on(spawn::run(args, n)),
+        None => rt.block_on(run(args)),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some((dir, shard)) = shard_dir {
+                shard::mark_failed(&dir, shard);
+            }
             ExitCode::from(1)
         }
     }
@@ -136,7 +162,7 @@ async fn wait(d: Duration, interrupted: &mut watch::Receiver<bool>) -> bool {
 async fn run(args: Args) -> Result<ExitCode> {
     // ---- limits and addresses
     let nofile = sysinfo::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
-    let sockets = args.total_sockets() as u64;
+    let sockets = args.shard_sockets() as u64;
     let needed = sockets + (args.setup_concurrency + args.max_inflight_orders) as u64 + FD_RESERVE;
     if needed > nofile {
         bail!(
@@ -167,6 +193,18 @@ async fn run(args: Args) -> Result<ExitCode> {
     let pool = args.setup_concurrency.max(args.max_inflight_orders);
     let rest = Arc::new(Rest::new(&args.urls, pool, metrics.clone())?);
     rest.health().await?;
+    let shard = args.shard_or_whole();
+    let slices = args.slices();
+    if let Some(dir) = &args.shard_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        shard::check_fresh(dir, shard)?;
+    }
+    let share = match &args.shard_dir {
+        Some(dir) if !args.connections_only && shard.count > 1 => {
+            Some(Arc::new(OtpShare::start(dir, shard, metrics.clone())?))
+        }
+        _ => None,
+    };
 
     let (int_tx, mut interrupted) = watch::channel(false);
     tokio::spawn(async move {
@@ -186,9 +224,14 @@ async fn run(args: Args) -> Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
+    let run_tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let setup = Setup {
         rest: &rest,
-        tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        tag: if shard.count > 1 {
+            format!("{run_tag}-{}of{}", shard.index, shard.count)
+        } else {
+            run_tag
+        },
         concurrency: args.setup_concurrency,
         pb: pb.clone(),
     };
@@ -198,16 +241,21 @@ async fn run(args: Args) -> Result<ExitCode> {
             Vec::new(),
             Vec::new(),
             setup
-                .buyers(args.admin_token.as_deref(), args.sockets)
+                .buyers(args.admin_token.as_deref(), slices.buyers.clone())
                 .await?,
         )
     } else {
         let admin = args.admin_token.as_deref().unwrap_or_default();
         let shops = setup
-            .shops(admin, args.shops, args.products_per_shop, args.bbox)
+            .shops(
+                admin,
+                slices.shops.clone(),
+                args.products_per_shop,
+                args.bbox,
+            )
             .await?;
-        let drivers = setup.drivers(admin, args.drivers).await?;
-        let buyers = setup.buyers(Some(admin), args.buyers).await?;
+        let drivers = setup.drivers(admin, slices.drivers.clone()).await?;
+        let buyers = setup.buyers(Some(admin), slices.buyers.clone()).await?;
         (shops, drivers, buyers)
     };
     if !args.quiet {
@@ -224,10 +272,29 @@ async fn run(args: Args) -> Result<ExitCode> {
             .expect("static template"),
     );
     pb.reset_elapsed();
-    pb.set_message("opening sockets");
     if visible {
         pb.enable_steady_tick(Duration::from_millis(250));
     }
+    if let Some(dir) = &args.shard_dir {
+        pb.set_message("waiting for the other shards to finish their setup");
+        let deadline = Instant::now() + START_LINE_WAIT;
+        match shard::wait_at(dir, shard, Line::Start, deadline, &mut interrupted).await? {
+            Waited::All => {}
+            Waited::Missing(m) => {
+                pb.finish_and_clear();
+                bail!("shards {} did not finish their setup in time", m.join(", "));
+            }
+            Waited::Failed(other) => {
+                pb.finish_and_clear();
+                bail!("shard {other} failed; this one stops too");
+            }
+            Waited::Interrupted => {
+                pb.finish_and_clear();
+                bail!("interrupted while waiting for the other shards");
+            }
+        }
+    }
+    pb.set_message("opening sockets");
 
     // ---- sockets
     let hub_baseline = args
@@ -247,16 +314,23 @@ async fn run(args: Args) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ramp_start = Instant::now();
     let start_at = |i: usize| ramp_start + args.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
-    // Socket i (shops, then drivers, then buyers) starts on node i mod n.
-    let node_of = |i: usize| nodes::first_node(i, net.nodes.len());
+    // Socket k of the whole run (shops, then drivers, then buyers, across the shards) uses
+    // source address k mod m and starts on node k mod n.
+    let (first_driver, first_buyer) = if args.connections_only {
+        (0, 0)
+    } else {
+        (args.shops, args.shops + args.drivers)
+    };
+    let node_of = |k: usize| nodes::first_node(k, net.nodes.len());
     let mut tasks = JoinSet::new();
     let mut i = 0usize;
-    for s in &shops {
+    for (j, s) in shops.iter().enumerate() {
+        let k = slices.shops.start + j;
         let spec = SocketSpec {
             token: s.token.clone(),
             topic: format!("shop:{}", s.id),
-            source: net.source(i),
-            node: node_of(i),
+            source: net.source(k),
+            node: node_of(k),
         };
         let actor = Vendor::new(s.id, args.prep, metrics.clone());
         tasks.spawn(run_socket(
@@ -275,12 +349,13 @@ async fn run(args: Args) -> Result<ExitCode> {
         delay: args.driver_delay,
         decline_rate: args.decline_rate,
     };
-    for d in &drivers {
+    for (j, d) in drivers.iter().enumerate() {
+        let k = first_driver + slices.drivers.start + j;
         let spec = SocketSpec {
             token: d.token.clone(),
             topic: format!("driver:{}", d.id),
-            source: net.source(i),
-            node: node_of(i),
+            source: net.source(k),
+            node: node_of(k),
         };
         let actor = Driver::new(d.id, params, metrics.clone());
         tasks.spawn(run_socket(
@@ -293,12 +368,13 @@ async fn run(args: Args) -> Result<ExitCode> {
         ));
         i += 1;
     }
-    for b in &buyers {
+    for (j, b) in buyers.iter().enumerate() {
+        let k = first_buyer + slices.buyers.start + j;
         let spec = SocketSpec {
             token: b.token.clone(),
             topic: format!("buyer:{}", b.id),
-            source: net.source(i),
-            node: node_of(i),
+            source: net.source(k),
+            node: node_of(k),
         };
         let actor = Buyer::new(b.id, metrics.clone());
         tasks.spawn(run_socket(
@@ -335,8 +411,9 @@ async fn run(args: Args) -> Result<ExitCode> {
             bbox: args.bbox,
             radius_km: args.delivery_radius_km,
             max_inflight: args.max_inflight_orders,
+            share: share.clone(),
         };
-        tokio::spawn(g.run(args.rate, args.duration, stop_rx.clone()))
+        tokio::spawn(g.run(args.shard_rate(), args.duration, stop_rx.clone()))
     });
     if go_on {
         go_on = wait(args.duration, &mut interrupted).await;
@@ -383,6 +460,20 @@ async fn run(args: Args) -> Result<ExitCode> {
         go_on = wait(Duration::from_millis(100), &mut interrupted).await;
     }
 
+    // ---- the other shards' drains: this shard's drivers may be carrying their orders
+    if let Some(dir) = &args.shard_dir {
+        pb.set_message("waiting for the other shards to drain");
+        let deadline = drain_end.max(Instant::now()) + END_LINE_GRACE;
+        match shard::wait_at(dir, shard, Line::End, deadline, &mut interrupted).await? {
+            Waited::Missing(m) => pb.println(format!(
+                "warning: shards {} did not finish their drain in time",
+                m.join(", ")
+            )),
+            Waited::Failed(other) => pb.println(format!("warning: shard {other} failed")),
+            Waited::All | Waited::Interrupted => {}
+        }
+    }
+
     // ---- stop
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
@@ -390,6 +481,9 @@ async fn run(args: Args) -> Result<ExitCode> {
     })
     .await;
     tasks.abort_all();
+    if let Some(s) = &share {
+        s.stop();
+    }
     metrics.set_phase(Phase::Done);
     let _ = sampler_tx.send(true);
     let timeline = sampler.await.unwrap_or_default();
@@ -442,40 +536,35 @@ async fn run(args: Args) -> Result<ExitCode> {
             load_samples.iter().map(|s| f(s)).sum::<f64>() / load_samples.len() as f64
         }
     };
-    let correctness = metrics.violations();
+    let correctness: BTreeMap<String, u64> = metrics
+        .violations()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
     let correct = correctness.values().all(|n| *n == 0);
-    let events = metrics.shop_event_counts();
+    let events: BTreeMap<String, u64> = metrics
+        .shop_event_counts()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
     let unfinished = verdict.unfinished;
     let gave_up = metrics.gave_up.load(Relaxed);
-    let mut strict_failures = Vec::new();
-    if args.strict {
-        if gave_up > 0 {
-            strict_failures.push(format!("{gave_up} sockets gave up reconnecting"));
-        }
-        if (held_at_end as u64) < total as u64 {
-            strict_failures.push(format!(
-                "only {held_at_end} of {total} sockets were held at the end of the load"
-            ));
-        }
-        if !args.connections_only && args.rate > 0.0 {
-            if placed == 0 {
-                strict_failures.push("no order was placed".into());
-            } else if events[Kind::Delivered.as_str()] == 0 {
-                strict_failures.push("no order was delivered".into());
-            }
-            if unfinished > 0 {
-                strict_failures.push(format!(
-                    "{unfinished} placed orders did not reach a final status (the hub's answer)"
-                ));
-            }
-            if verdict.unverified > 0 {
-                strict_failures.push(format!(
-                    "the hub could not be asked about {} placed orders",
-                    verdict.unverified
-                ));
-            }
-        }
-    }
+    let strict_failures = if args.strict {
+        report::strict_failures(StrictInput {
+            connections_only: args.connections_only,
+            rate: args.shard_rate(),
+            gave_up,
+            held_at_end,
+            target: total as u64,
+            placed,
+            delivered: events.get(Kind::Delivered.as_str()).copied().unwrap_or(0),
+            unfinished,
+            unverified: verdict.unverified,
+        })
+    } else {
+        Vec::new()
+    };
+    let hists = report::histograms(&metrics);
     let rep = Report {
         config: ConfigEcho::from_args(&args, shops.len(), drivers.len(), buyers.len()),
         sockets: SocketFigures {
@@ -514,7 +603,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             events,
         },
         retries: RetryFigures::new(metrics.retries(), metrics.retries_exhausted()),
-        latency: report::latencies(&metrics),
+        latency: report::latencies(&hists),
         hub: args.hub_pid.map(|_| {
             ProcFigures::from_samples(&timeline, hub_baseline, held_at_end, |s| {
                 (s.hub_rss_mib, s.hub_cpu_pct)
@@ -529,36 +618,59 @@ async fn run(args: Args) -> Result<ExitCode> {
         correct,
         strict_failures,
         timeline,
+        histograms: hists
+            .iter()
+            .map(|(k, h)| (k.clone(), metrics::encode_histogram(h)))
+            .collect(),
     };
     let mut stdout = std::io::stdout().lock();
     rep.print(&mut stdout).context("writing the report")?;
     drop(stdout);
     for path in [&args.json, &args.plot].into_iter().flatten() {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
+        create_parent(path)?;
     }
     if let Some(path) = &args.json {
-        let f =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &rep)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &rep)?;
     }
     if let Some(path) = &args.plot {
         plot::draw(path, &rep.timeline, args.connections_only)?;
     }
+    Ok(exit_status(&rep))
+}
+
+/// Create the folder `path` goes into, if it has one.
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Write `rep` as JSON to `path`.
+fn write_json(path: &Path, rep: &Report) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    serde_json::to_writer_pretty(&mut w, rep)
+        .with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The exit status a report calls for (saying why on stderr): correctness first, then
+/// `--strict`.
+fn exit_status(rep: &Report) -> ExitCode {
     if !rep.correct {
         let which: Vec<&str> = Violation::ALL
             .iter()
             .map(|v| v.as_str())
-            .filter(|k| rep.correctness.get(k).is_some_and(|n| *n > 0))
+            .filter(|k| rep.correctness.get(*k).is_some_and(|n| *n > 0))
             .collect();
         eprintln!("correctness violated: {}", which.join(", "));
-        return Ok(ExitCode::from(EXIT_VIOLATION));
+        return ExitCode::from(EXIT_VIOLATION);
     }
     if !rep.strict_failures.is_empty() {
         eprintln!("strict checks failed: {}", rep.strict_failures.join("; "));
-        return Ok(ExitCode::from(EXIT_STRICT));
+        return ExitCode::from(EXIT_STRICT);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::proto::{Action, Event, Kind, Order, Status};
@@ -55,8 +55,34 @@ impl Default for Hist {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// A histogram as text: `value:count` pairs of its non-empty buckets, separated by spaces,
+/// each value (µs) the highest one its bucket holds (so recording it again lands in the same
+/// bucket of a histogram with [`new_histogram`]'s bounds: the percentiles come out the same).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    h.iter_recorded()
+        .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Read back what [`encode_histogram`] wrote.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let mut h = new_histogram();
+    for pair in text.split_whitespace() {
+        let parsed = pair
+            .split_once(':')
+            .and_then(|(v, n)| Some((v.parse::<u64>().ok()?, n.parse::<u64>().ok()?)));
+        let Some((value, count)) = parsed else {
+            return Err(format!("not a value:count pair: {pair:?}"));
+        };
+        h.record_n(value, count)
+            .map_err(|_| format!("value out of the histogram's range: {value}"))?;
+    }
+    Ok(h)
 }
 
 /// Lock a mutex, ignoring poisoning (a panicking recorder must not hide the figures).
@@ -110,7 +136,7 @@ impl Violation {
 }
 
 /// Phase of the run, shown in the timeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Setup = 0,
@@ -574,7 +600,7 @@ impl Default for Metrics {
 }
 
 /// Percentiles of one histogram, in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistSummary {
     pub count: u64,
     pub mean_us: f64,

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cli::{Args, BBox};
@@ -21,7 +22,7 @@ use crate::ws::stopped;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// One second of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// Seconds since the sockets started opening.
     pub t_s: f64,
@@ -137,12 +138,21 @@ pub async fn sample_loop(
 }
 
 /// The flags of the run, echoed into the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConfigEcho {
     /// The first `--url`.
     pub url: String,
     /// Every `--url`, in order.
+    #[serde(default)]
     pub urls: Vec<String>,
+    /// `i/n` when this process ran one shard of a run (`--shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The number of shard reports this one was merged from (`loadtest merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_shards: Option<usize>,
+    #[serde(default)]
+    pub strict: bool,
     pub connections_only: bool,
     pub shops: usize,
     pub drivers: usize,
@@ -161,16 +171,21 @@ pub struct ConfigEcho {
 }
 
 impl ConfigEcho {
+    /// The flags, with this process's accounts and sockets (its shard's, when sharded) and
+    /// order rate.
     pub fn from_args(a: &Args, shops: usize, drivers: usize, buyers: usize) -> Self {
         ConfigEcho {
             url: a.urls.first().cloned().unwrap_or_default(),
             urls: a.urls.clone(),
+            shard: a.shard.map(|s| s.label()),
+            merged_shards: None,
+            strict: a.strict,
             connections_only: a.connections_only,
             shops,
             drivers,
             buyers,
-            sockets: a.total_sockets(),
-            rate: a.rate,
+            sockets: a.shard_sockets(),
+            rate: a.shard_rate(),
             duration_s: a.duration.as_secs_f64(),
             ramp_up_s: a.ramp_up.as_secs_f64(),
             drain_s: a.drain.as_secs_f64(),
@@ -184,7 +199,7 @@ impl ConfigEcho {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SocketFigures {
     pub target: u64,
     pub peak_held: i64,
@@ -198,7 +213,7 @@ pub struct SocketFigures {
     pub connect_latency: HistSummary,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessageFigures {
     pub received: u64,
     pub sent: u64,
@@ -206,7 +221,7 @@ pub struct MessageFigures {
     pub sent_per_s_load: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OrderFigures {
     pub placed: u64,
     pub replayed: u64,
@@ -218,11 +233,11 @@ pub struct OrderFigures {
     /// What the sockets saw of the placed orders beside what the hub says.
     pub after_drain: Verdict,
     /// Events seen on the shop topics (every event of every order once).
-    pub events: BTreeMap<&'static str, u64>,
+    pub events: BTreeMap<String, u64>,
 }
 
 /// Calls retried after the hub said "try again", by the error they answered.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RetryFigures {
     pub total: u64,
     /// Retries by cause: `http:<status>:<code>`, `http:<transport>`, `ws:<code>`.
@@ -242,7 +257,7 @@ impl RetryFigures {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProcFigures {
     pub baseline_rss_mib: Option<f64>,
     pub peak_rss_mib: Option<f64>,
@@ -290,7 +305,7 @@ fn max_opt(acc: Option<f64>, v: f64) -> Option<f64> {
 
 /// Attempts sent to the next node because a node was gone (see [`crate::nodes`]). Not
 /// failures: a cluster losing a node is what they are about.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Failovers {
     /// Socket reconnects that went to the next node.
     pub socket_failovers: u64,
@@ -299,10 +314,11 @@ pub struct Failovers {
 }
 
 /// Everything the run measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub config: ConfigEcho,
     pub sockets: SocketFigures,
+    #[serde(default)]
     pub failovers: Failovers,
     pub messages: MessageFigures,
     pub orders: OrderFigures,
@@ -314,38 +330,87 @@ pub struct Report {
     pub hub: Option<ProcFigures>,
     pub harness: ProcFigures,
     pub errors: BTreeMap<String, u64>,
-    pub correctness: BTreeMap<&'static str, u64>,
+    pub correctness: BTreeMap<String, u64>,
     pub violation_examples: Vec<String>,
     pub correct: bool,
     /// Reasons `--strict` failed (empty when it passed or was not asked for).
     pub strict_failures: Vec<String>,
     pub timeline: Vec<Sample>,
+    /// The latency histograms themselves, under the keys of `latency`, each as
+    /// [`metrics::encode_histogram`](crate::metrics::encode_histogram) writes it, so that
+    /// `loadtest merge` computes true percentiles over several shards.
+    #[serde(default)]
+    pub histograms: BTreeMap<String, String>,
 }
 
-/// Collect the latency histograms of a run.
-pub fn latencies(m: &Metrics) -> BTreeMap<String, HistSummary> {
+/// The latency histograms of a run, under their report keys.
+pub fn histograms(m: &Metrics) -> BTreeMap<String, Histogram<u64>> {
     let mut l = BTreeMap::new();
-    l.insert(
-        "placed_to_vendor".into(),
-        HistSummary::of(&m.placed_to_vendor.snapshot()),
-    );
-    l.insert("dispatch".into(), HistSummary::of(&m.dispatch.snapshot()));
-    l.insert(
-        "redispatch".into(),
-        HistSummary::of(&m.redispatch.snapshot()),
-    );
+    l.insert("placed_to_vendor".into(), m.placed_to_vendor.snapshot());
+    l.insert("dispatch".into(), m.dispatch.snapshot());
+    l.insert("redispatch".into(), m.redispatch.snapshot());
     for (kind, h) in &m.to_buyer {
-        l.insert(
-            format!("{}_to_buyer", kind.as_str()),
-            HistSummary::of(&h.snapshot()),
-        );
+        l.insert(format!("{}_to_buyer", kind.as_str()), h.snapshot());
     }
-    l.insert("connect".into(), HistSummary::of(&m.connect.snapshot()));
-    l.insert(
-        "order_post".into(),
-        HistSummary::of(&m.order_post.snapshot()),
-    );
+    l.insert("connect".into(), m.connect.snapshot());
+    l.insert("order_post".into(), m.order_post.snapshot());
     l
+}
+
+/// The summaries of `hists`, for the report's `latency`.
+pub fn latencies(hists: &BTreeMap<String, Histogram<u64>>) -> BTreeMap<String, HistSummary> {
+    hists
+        .iter()
+        .map(|(k, h)| (k.clone(), HistSummary::of(h)))
+        .collect()
+}
+
+/// The figures `--strict` looks at, from one run or the sum of a run's shards.
+#[derive(Debug, Clone, Copy)]
+pub struct StrictInput {
+    pub connections_only: bool,
+    pub rate: f64,
+    pub gave_up: u64,
+    pub held_at_end: i64,
+    pub target: u64,
+    pub placed: u64,
+    pub delivered: u64,
+    pub unfinished: usize,
+    pub unverified: usize,
+}
+
+/// Why `--strict` fails the run (empty: it passes).
+pub fn strict_failures(s: StrictInput) -> Vec<String> {
+    let mut failures = Vec::new();
+    if s.gave_up > 0 {
+        failures.push(format!("{} sockets gave up reconnecting", s.gave_up));
+    }
+    if (s.held_at_end.max(0) as u64) < s.target {
+        failures.push(format!(
+            "only {} of {} sockets were held at the end of the load",
+            s.held_at_end, s.target
+        ));
+    }
+    if !s.connections_only && s.rate > 0.0 {
+        if s.placed == 0 {
+            failures.push("no order was placed".into());
+        } else if s.delivered == 0 {
+            failures.push("no order was delivered".into());
+        }
+        if s.unfinished > 0 {
+            failures.push(format!(
+                "{} placed orders did not reach a final status (the hub's answer)",
+                s.unfinished
+            ));
+        }
+        if s.unverified > 0 {
+            failures.push(format!(
+                "the hub could not be asked about {} placed orders",
+                s.unverified
+            ));
+        }
+    }
+    failures
 }
 
 /// Labels of the latency rows, in table order.
@@ -402,6 +467,18 @@ impl Report {
                 "nodes: {} (socket k on node k mod {}, REST round-robin)",
                 c.urls.join(", "),
                 c.urls.len()
+            )?;
+        }
+        if let Some(shard) = &c.shard {
+            writeln!(
+                w,
+                "shard {shard}: the figures are this process's slice only"
+            )?;
+        }
+        if let Some(n) = c.merged_shards {
+            writeln!(
+                w,
+                "merged from {n} shard reports: counts summed, latencies from the merged histograms"
             )?;
         }
         let s = &self.sockets;

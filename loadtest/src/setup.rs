@@ -3,6 +3,7 @@
 //! with [`Retry::SETUP`], honouring `Retry-After`.
 
 use std::future::Future;
+use std::ops::Range;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
@@ -111,31 +112,36 @@ where
     Ok(ok)
 }
 
-/// Everything the account-creating calls share.
+/// Everything the account-creating calls share. Accounts are numbered by their index in the
+/// whole run (a shard creates only its slice), so that the shards of a run never share a
+/// name or a phone number.
 pub struct Setup<'a> {
     pub rest: &'a Rest,
-    /// Distinguishes this run's accounts from earlier runs' in the hub's lists.
+    /// Distinguishes this run's (and shard's) accounts from earlier runs' in the hub's lists.
+    /// Starts with 8 hex digits.
     pub tag: String,
     pub concurrency: usize,
     pub pb: ProgressBar,
 }
 
 impl Setup<'_> {
-    /// Create `n` shops inside `bbox` (10 % margin), log in as each shop's vendor and add
-    /// `products` products to each.
+    /// Create the shops numbered `range` inside `bbox` (10 % margin), log in as each shop's
+    /// vendor and add `products` products to each.
     pub async fn shops(
         &self,
         admin: &str,
-        n: usize,
+        range: Range<usize>,
         products: u32,
         bbox: BBox,
     ) -> Result<Vec<ShopAcct>> {
+        let first = range.start;
         let (rest, tag) = (self.rest, self.tag.as_str());
         let (mlat, mlng) = (
             (bbox.max_lat - bbox.min_lat) * 0.1,
             (bbox.max_lng - bbox.min_lng) * 0.1,
         );
-        bounded("shops", n, self.concurrency, &self.pb, |i| async move {
+        bounded("shops", range.len(), self.concurrency, &self.pb, |i| async move {
+            let i = first + i;
             let (lat, lng) = {
                 let mut rng = rand::thread_rng();
                 (
@@ -180,10 +186,12 @@ impl Setup<'_> {
         .await
     }
 
-    /// Create `n` drivers through the admin API and log each in.
-    pub async fn drivers(&self, admin: &str, n: usize) -> Result<Vec<Acct>> {
+    /// Create the drivers numbered `range` through the admin API and log each in.
+    pub async fn drivers(&self, admin: &str, range: Range<usize>) -> Result<Vec<Acct>> {
         let (rest, tag) = (self.rest, self.tag.as_str());
+        let (first, n) = (range.start, range.len());
         bounded("drivers", n, self.concurrency, &self.pb, |i| async move {
+            let i = first + i;
             // Drivers' phone numbers are unique hub-wide (at most 15 digits): 8 digits of the
             // run's tag and 7 of the driver's index.
             let run = u32::from_str_radix(tag.get(..8).unwrap_or("0"), 16).unwrap_or(0);
@@ -206,11 +214,13 @@ impl Setup<'_> {
         .await
     }
 
-    /// Sign up `n` buyers (`POST /api/buyers` returns the token directly). With the admin
-    /// token the hub's per-address sign-up limit does not apply.
-    pub async fn buyers(&self, admin: Option<&str>, n: usize) -> Result<Vec<Acct>> {
+    /// Sign up the buyers numbered `range` (`POST /api/buyers` returns the token directly).
+    /// With the admin token the hub's per-address sign-up limit does not apply.
+    pub async fn buyers(&self, admin: Option<&str>, range: Range<usize>) -> Result<Vec<Acct>> {
         let (rest, tag) = (self.rest, self.tag.as_str());
+        let (first, n) = (range.start, range.len());
         bounded("buyers", n, self.concurrency, &self.pb, |i| async move {
+            let i = first + i;
             let body = json!({"name": format!("Loadtest buyer {tag}-{i}"),
                               "phone": format!("+49 30 {i:07}")});
             let (_, b): (_, CreatedBuyer) = rest

@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, Violation};
 use crate::proto::{Event, Order};
 use crate::rest::Rest;
 use crate::setup::{Acct, ShopAcct};
+use crate::shard::OtpShare;
 use crate::ws::{Actor, Outbox, TopicKind, stopped};
 
 /// A buyer's socket. It sends nothing after subscribing; it only observes.
@@ -71,6 +72,8 @@ pub struct OrderGen {
     pub bbox: BBox,
     pub radius_km: f64,
     pub max_inflight: usize,
+    /// The other shards of the run, told each order's OTP (their drivers may deliver it).
+    pub share: Option<Arc<OtpShare>>,
 }
 
 /// Pacing resolution of the generator.
@@ -167,6 +170,9 @@ impl OrderGen {
         match result {
             Ok((status, placed)) => {
                 self.metrics.order_post.record(sent.elapsed());
+                if let Some(share) = &self.share {
+                    share.publish(placed.order.id, &placed.otp);
+                }
                 self.metrics.order_placed(
                     &placed.order,
                     placed.otp,

@@ -20,6 +20,10 @@ export HUB_ADMIN_TOKEN=${HUB_ADMIN_TOKEN:-demo-admin-token}
 export HUB_SECRET=${HUB_SECRET:-demo-secret-change-me}
 export HUB_NATS_URL=$NATS_URL
 export HUB_CLUSTER=${HUB_CLUSTER:-hub}
+# Each node opens up to twice this many Postgres connections (its pool and its writer's), plus
+# two of its own (the lease and the health probe): keep NODES of them under Postgres's
+# max_connections (100 by default).
+export HUB_DB_MAX_CONNECTIONS=${HUB_DB_MAX_CONNECTIONS:-12}
 # HAProxy reaches the nodes from this address and appends the client's to X-Forwarded-For;
 # the nodes believe that header from it alone (login and sign-up limits are per client).
 PROXY_SOURCE=127.0.0.2

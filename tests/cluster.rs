@@ -39,6 +39,8 @@ fn node_config(db: &PgPool, name: &str) -> dispatch_hub::config::Config {
     c.cluster_name = format!("test_{}", db_name(db));
     c.node_name = Some(name.into());
     c.lease_poll_ms = 100;
+    // Three nodes per test, two tests at a time, on one Postgres of 100 connections.
+    c.db_max_connections = 6;
     c
 }
 
@@ -413,6 +415,7 @@ impl Proc {
             .env("HUB_NODE_NAME", name)
             .env("HUB_LEASE_POLL_MS", poll_ms.to_string())
             .env("HUB_SIGNUPS_PER_ADDRESS_H", "100000")
+            .env("HUB_DB_MAX_CONNECTIONS", "6")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -660,10 +663,16 @@ async fn failover_timings(db: PgPool) {
     let (mut lease_ms, mut assign_ms) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
         let view = procs[0].client();
-        let view = if let (200, v) = view.call("GET", "/api/admin/cluster", Some(ADMIN), None).await {
+        let view = if let (200, v) = view
+            .call("GET", "/api/admin/cluster", Some(ADMIN), None)
+            .await
+        {
             v
         } else {
-            procs[1].client().ok("GET", "/api/admin/cluster", Some(ADMIN), None).await
+            procs[1]
+                .client()
+                .ok("GET", "/api/admin/cluster", Some(ADMIN), None)
+                .await
         };
         let leader_id = view["leader"]["node_id"].as_i64().unwrap();
         let leader_name = view["nodes"]
@@ -680,17 +689,29 @@ async fn failover_timings(db: PgPool) {
         let (_, token) = follower.driver().await;
         let mut ws = follower.socket(&token).await;
         let (lat, lng) = (common::rand_in(-50.0, 50.0), common::rand_in(-150.0, 150.0));
-        ws.send(json!({"type": "location", "lat": lat, "lng": lng})).await;
+        ws.send(json!({"type": "location", "lat": lat, "lng": lng}))
+            .await;
         let (shop, vendor, product) = follower.shop(lat, lng).await;
         let (_, buyer) = follower.buyer().await;
-        let (o, _) = follower.order(&buyer, &shop, &product, lat + 0.001, lng).await;
+        let (o, _) = follower
+            .order(&buyer, &shop, &product, lat + 0.001, lng)
+            .await;
         let id = o["id"].as_str().unwrap().to_owned();
-        assert_eq!(follower.transition(&vendor, &id, "accept", 1, None).await.0, 200);
+        assert_eq!(
+            follower.transition(&vendor, &id, "accept", 1, None).await.0,
+            200
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         procs[leader].kill9();
         let killed_at = chrono::Utc::now();
-        assert_eq!(follower.transition(&vendor, &id, "mark_ready", 2, None).await.0, 200);
+        assert_eq!(
+            follower
+                .transition(&vendor, &id, "mark_ready", 2, None)
+                .await
+                .0,
+            200
+        );
         let (_, new_epoch) = wait_for_leader(&follower, epoch).await;
         follower.wait_status(&vendor, &id, "assigned").await;
         let (took, assigned): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =

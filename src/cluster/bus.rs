@@ -45,6 +45,20 @@ pub struct NatsBus {
     registry: Arc<Registry>,
     out: mpsc::Sender<(String, Bytes)>,
     watches: Mutex<HashMap<Topic, Watch>>,
+    /// Bumped each time the connection comes back after a loss (nodes then re-announce their
+    /// drivers: an announcement of a new leader may have passed them by).
+    reconnects: watch::Sender<u64>,
+}
+
+/// An order event older than this when it arrives (a backlog sent after a bus outage) is
+/// dropped: sockets may have forgotten the order's newer versions by then.
+const MAX_AGE_MS: u64 = 30_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct Watch {
@@ -63,16 +77,24 @@ impl NatsBus {
         node_name: &str,
         registry: Arc<Registry>,
     ) -> Result<Arc<Self>, async_nats::ConnectError> {
+        let reconnects = watch::Sender::new(0u64);
+        let on_event = reconnects.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("dispatch-hub {node_name}"))
             .no_echo()
             .retry_on_initial_connect()
             .request_timeout(Some(std::time::Duration::from_secs(2)))
-            .event_callback(|e| async move {
-                match e {
-                    async_nats::Event::Connected => tracing::info!("bus connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("bus disconnected"),
-                    other => tracing::debug!(event = %other, "bus event"),
+            .event_callback(move |e| {
+                let on_event = on_event.clone();
+                async move {
+                    match e {
+                        async_nats::Event::Connected => {
+                            tracing::info!("bus connected");
+                            on_event.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("bus disconnected"),
+                        other => tracing::debug!(event = %other, "bus event"),
+                    }
                 }
             })
             .connect(url)
@@ -93,7 +115,29 @@ impl NatsBus {
             registry,
             out,
             watches: Mutex::new(HashMap::new()),
+            reconnects,
         }))
+    }
+
+    /// Changes each time the connection is (re-)established.
+    pub fn watch_connects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
+    }
+
+    /// A round trip through the server: a request nobody answers comes back as "no
+    /// responders" once the server has processed everything this connection sent before it
+    /// (the server handles one connection's operations in order) — a subscription included.
+    /// (`Client::flush` only writes the buffer out.)
+    async fn round_trip(&self) -> Result<(), Error> {
+        let subject = format!("{}.rtt.{}", self.prefix, uuid::Uuid::now_v7().simple());
+        match self.client.request(subject, Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "bus round trip failed");
+                Err(Error::Unavailable)
+            }
+        }
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -153,7 +197,11 @@ async fn read_topic(topic: Topic, mut sub: async_nats::Subscriber, registry: Arc
     while let Some(m) = sub.next().await {
         metrics::counter!("hub_bus_received_total").increment(1);
         match decode(&m.payload) {
-            Some(Received::Order(msg)) => {
+            Some(Received::Order(msg, sent_ms)) => {
+                if now_ms().saturating_sub(sent_ms) > MAX_AGE_MS {
+                    metrics::counter!("hub_bus_stale_dropped_total").increment(1);
+                    continue;
+                }
                 registry.deliver_order(topic, &msg);
             }
             Some(Received::Text(text)) => {
@@ -167,14 +215,28 @@ async fn read_topic(topic: Topic, mut sub: async_nats::Subscriber, registry: Arc
 }
 
 enum Received {
-    Order(OrderMessage),
+    /// The event, and when it was published (ms since the epoch).
+    Order(OrderMessage, u64),
     Text(Utf8Bytes),
 }
 
-/// An order event on the bus: `o` + the message's fields as JSON + `\n` + its body. A text
-/// message: `t` + the text.
+/// The header of an order event on the bus.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head<M> {
+    #[serde(flatten)]
+    m: M,
+    /// Published at, in ms since the epoch.
+    sent_ms: u64,
+}
+
+/// An order event on the bus: `o` + [`Head`] as JSON + `\n` + its body. A text message: `t`
+/// + the text.
 fn encode_order(m: &OrderMessage) -> Option<Bytes> {
-    let head = serde_json::to_vec(m).ok()?;
+    let head = serde_json::to_vec(&Head {
+        m,
+        sent_ms: now_ms(),
+    })
+    .ok()?;
     let mut buf = Vec::with_capacity(2 + head.len() + m.body.len());
     buf.push(b'o');
     buf.extend_from_slice(&head);
@@ -187,9 +249,10 @@ fn decode(payload: &[u8]) -> Option<Received> {
     match payload.split_first()? {
         (b'o', rest) => {
             let nl = rest.iter().position(|b| *b == b'\n')?;
-            let mut m: OrderMessage = serde_json::from_slice(&rest[..nl]).ok()?;
+            let head: Head<OrderMessage> = serde_json::from_slice(&rest[..nl]).ok()?;
+            let mut m = head.m;
             m.body = std::str::from_utf8(&rest[nl + 1..]).ok()?.to_owned();
-            Some(Received::Order(m))
+            Some(Received::Order(m, head.sent_ms))
         }
         (b't', rest) => Some(Received::Text(
             std::str::from_utf8(rest).ok()?.to_owned().into(),
@@ -255,24 +318,18 @@ impl Broker for NatsBus {
                         _ => return Err(Error::Unavailable),
                     },
                 }
-                self.client.flush().await.map_err(|e| {
-                    tracing::warn!(error = %e, %topic, "bus flush failed");
-                    Error::Unavailable
-                })
+                self.round_trip().await
             };
             // (A first watcher that times out leaves `subscribed` at `None`; the next
             // watchers time out too, and the entry goes with the last of them.)
-            let result = match tokio::time::timeout(WATCH_TIMEOUT, confirmed).await {
+            // On failure the caller unregisters the socket, which unwatches (once).
+            match tokio::time::timeout(WATCH_TIMEOUT, confirmed).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(%topic, "bus subscription not confirmed in time");
                     Err(Error::Unavailable)
                 }
-            };
-            if result.is_err() {
-                self.unwatch(topic);
             }
-            result
         })
     }
 
@@ -316,9 +373,10 @@ mod tests {
             extra_driver: None,
             body: r#""event":{"a":"x\ny"},"order":{}"#.into(),
         };
-        let Some(Received::Order(back)) = encode_order(&m).and_then(|b| decode(&b)) else {
+        let Some(Received::Order(back, sent_ms)) = encode_order(&m).and_then(|b| decode(&b)) else {
             panic!("not decoded as an order");
         };
+        assert!(now_ms().saturating_sub(sent_ms) < 1_000);
         assert_eq!(back.order_id, m.order_id);
         assert_eq!(back.version, 7);
         assert_eq!(back.driver_id, m.driver_id);

@@ -86,7 +86,10 @@ impl Hub {
             if !s.available {
                 self.dispatch.driver_availability(d, false).await;
             }
-            if let Some(p) = s.location {
+            // Only a location fresh enough to count (the leader cannot tell its age).
+            if let Some((p, at)) = s.location
+                && at.elapsed() < std::time::Duration::from_secs(self.config.driver_stale_s)
+            {
                 self.dispatch.driver_location(d, p);
             }
         }
@@ -113,6 +116,26 @@ pub async fn spawn(hub: Arc<Hub>) -> Result<(), async_nats::SubscribeError> {
         subs.push(sub.map(move |m| (name, m)).boxed());
     }
     let mut all = futures::stream::select_all(subs);
+    // A node that was not a follower, or not on the bus, when a new leader announced itself
+    // never heard it: it re-announces its drivers whenever it becomes a follower and whenever
+    // the bus comes back (the leader's dispatcher takes a repeated `connected` as it is).
+    {
+        let hub = hub.clone();
+        let mut connects = bus.watch_connects();
+        let mut leadership = hub.cluster.watch_leadership();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => return,
+                    r = connects.changed() => if r.is_err() { return },
+                    r = leadership.changed() => if r.is_err() { return },
+                }
+                if !hub.cluster.is_leader() {
+                    hub.announce_drivers().await;
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             let (name, m) = tokio::select! {
@@ -144,10 +167,14 @@ async fn handle(hub: &Arc<Hub>, name: &'static str, m: async_nats::Message) {
             if !hub.cluster.is_leader() {
                 return;
             }
-            let fleet = hub.dispatch.fleet().await;
-            if let (Ok(v), Some(bus)) = (serde_json::to_vec(&fleet), &hub.cluster.bus) {
-                let _ = bus.client().publish(reply, Bytes::from(v)).await;
-            }
+            // Beside the loop: a dispatcher busy rebuilding must not hold up the other subjects.
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let fleet = hub.dispatch.fleet_here().await;
+                if let (Ok(v), Some(bus)) = (serde_json::to_vec(&fleet), &hub.cluster.bus) {
+                    let _ = bus.client().publish(reply, Bytes::from(v)).await;
+                }
+            });
         }
         LEADER => match serde_json::from_slice::<Announce>(&m.payload) {
             Ok(a) => {

@@ -36,6 +36,13 @@ pub fn spawn(hub: Arc<Hub>) {
             let conn = tokio::time::timeout(poll * 8, PgConnection::connect_with(&opts)).await;
             match conn {
                 Ok(Ok(mut conn)) => {
+                    // If this node goes silent (a partition, a pause), Postgres ends the
+                    // session — and drops the lock — after a few polls' idleness, instead of
+                    // waiting hours for TCP keepalive. Fencing makes that safe.
+                    let idle = format!("SET idle_session_timeout = {}", poll.as_millis() * 8);
+                    if let Err(e) = sqlx::query(&idle).execute(&mut conn).await {
+                        tracing::debug!(error = %e, "idle_session_timeout not set");
+                    }
                     hold(&hub, &mut conn, poll).await;
                     step_down(&hub);
                     let _ = tokio::time::timeout(poll, conn.close()).await;

@@ -81,7 +81,14 @@ struct State {
     waiting_parked: HashMap<OrderId, (i32, GeoPoint, u64)>,
     last_flush: Instant,
     last_reconcile: Instant,
+    /// The newest version seen of each active order (to drop changes that arrive late).
+    seen: HashMap<OrderId, i32>,
 }
+
+/// Active orders whose newest version the dispatcher remembers at most (beyond it, it forgets
+/// them all and starts again: a late change is then handled as before, by version checks in
+/// the write).
+const MAX_SEEN: usize = 500_000;
 
 /// Runs the dispatcher until the hub shuts down. It waits for [`super::DispatchHandle::start`].
 pub fn spawn(rx: Receivers) -> tokio::task::JoinHandle<()> {
@@ -166,8 +173,8 @@ async fn lead(
                 if !s.available {
                     st.control(Control::Availability(DriverId(s.id), false));
                 }
-                if let Some(p) = s.location {
-                    st.location(DriverId(s.id), p);
+                if let Some((p, at)) = s.location {
+                    st.location_at(DriverId(s.id), p, at);
                 }
             }
         }
@@ -273,6 +280,7 @@ impl State {
                 waiting_parked: HashMap::new(),
                 last_flush: Instant::now(),
                 last_reconcile: Instant::now(),
+                seen: HashMap::new(),
             };
             match st.recover().await {
                 Ok(()) => return Some(st),
@@ -323,6 +331,7 @@ impl State {
         for r in ready {
             if let Ok(shop) = GeoPoint::new(r.shop_lat, r.shop_lng) {
                 self.enqueue(OrderId(r.id), r.version, shop);
+                self.seen.insert(OrderId(r.id), r.version);
             }
         }
         tracing::info!(
@@ -392,6 +401,20 @@ impl State {
     }
 
     fn order_changed(&mut self, c: OrderChanged) {
+        // Changes can arrive out of commit order (from different nodes of a cluster, or senders
+        // racing for a full queue): one older than what was seen of the order is stale.
+        if self.seen.get(&c.id).is_some_and(|v| *v >= c.version) {
+            metrics::counter!("hub_dispatch_stale_changes_total").increment(1);
+            return;
+        }
+        if c.status.is_final() {
+            self.seen.remove(&c.id);
+        } else {
+            if self.seen.len() >= MAX_SEEN {
+                self.seen.clear();
+            }
+            self.seen.insert(c.id, c.version);
+        }
         // Whatever the change, the order is no longer waiting at its old version.
         let was_waiting = self.dequeue(c.id);
         match c.status {
@@ -567,9 +590,14 @@ impl State {
     }
 
     fn location(&mut self, id: DriverId, p: GeoPoint) {
+        self.location_at(id, p, Instant::now());
+    }
+
+    /// A location the driver sent at `at` (a re-announced one may be old: it counts as old).
+    fn location_at(&mut self, id: DriverId, p: GeoPoint, at: Instant) {
         let d = self.drivers.entry(id).or_default();
         d.pos = Some(p);
-        d.last_seen = Some(Instant::now());
+        d.last_seen = Some(at);
         d.pos_dirty = true;
         self.refresh(id);
     }

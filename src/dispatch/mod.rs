@@ -284,7 +284,8 @@ impl DispatchHandle {
         serde_json::to_value(self.fleet_here().await).unwrap_or_default()
     }
 
-    async fn fleet_here(&self) -> Vec<DriverState> {
+    /// This node's dispatcher's drivers (empty when it does not dispatch).
+    pub(crate) async fn fleet_here(&self) -> Vec<DriverState> {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Control::Fleet(tx)).await.is_err() {
             return Vec::new();

@@ -23,7 +23,8 @@ pub trait Broker: Send + Sync {
 
     /// Starts listening for `topic` on behalf of one more local subscriber. Resolves once
     /// everything published after it will be received, so a snapshot read afterwards leaves
-    /// no gap.
+    /// no gap. Every call counts one watcher, even one that fails: each is matched by exactly
+    /// one [`Broker::unwatch`].
     fn watch(&self, topic: Topic) -> BoxFuture<'_, Result<(), Error>>;
 
     /// One local subscriber of `topic` fewer.

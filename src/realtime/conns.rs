@@ -27,7 +27,8 @@ pub struct LiveSocket {
     pub id: Uuid,
     pub conn: ConnId,
     pub available: bool,
-    pub location: Option<crate::domain::GeoPoint>,
+    /// The last location sent on it, and when.
+    pub location: Option<(crate::domain::GeoPoint, std::time::Instant)>,
 }
 
 struct Live {
@@ -36,8 +37,8 @@ struct Live {
     /// A driver's own availability as last sent on this socket (for a dispatcher rebuilt
     /// while the socket stays open).
     available: bool,
-    /// A driver's last location sent on this socket (re-announced with it).
-    location: Option<crate::domain::GeoPoint>,
+    /// A driver's last location sent on this socket, and when (re-announced with it).
+    location: Option<(crate::domain::GeoPoint, std::time::Instant)>,
 }
 
 /// The permits a socket holds: one of the total, and one of the unauthenticated until it
@@ -159,7 +160,7 @@ impl Connections {
         if let Some(mut live) = self.accounts.get_mut(&account)
             && let Some(l) = live.get_mut(&conn)
         {
-            l.location = Some(at);
+            l.location = Some((at, std::time::Instant::now()));
         }
     }
 

@@ -150,7 +150,9 @@ impl Hub {
     ) -> crate::error::Result<bool> {
         let fresh = self.registry.subscribe(topic, conn, sub);
         if fresh && let Err(e) = self.broker.watch(topic).await {
-            self.registry.unsubscribe(topic, conn);
+            // Unwatches only if the socket is still registered (a socket that closed meanwhile
+            // already did): one unwatch per registration, whatever the interleaving.
+            self.unsubscribe(topic, conn);
             return Err(e);
         }
         Ok(fresh)

@@ -432,9 +432,10 @@ impl Hub {
     /// read.
     pub async fn current_message(&self, id: OrderId) -> Option<OrderMessage> {
         let rec = store::get(&self.db, id).await.ok()??;
-        let events = store::events(&self.db, id).await.ok()?;
-        let ev = events.iter().find(|e| e.version == rec.view.version)?;
-        OrderMessage::encode(&rec.view, ev, None)
+        let ev = store::event_at(&self.db, id, rec.view.version)
+            .await
+            .ok()??;
+        OrderMessage::encode(&rec.view, &ev, None)
     }
 
     /// Publishes a committed event to every socket topic it belongs to, then lets go of the

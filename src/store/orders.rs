@@ -331,15 +331,29 @@ pub async fn active(db: &PgPool, scope: Scope) -> sqlx::Result<Vec<OrderRecord>>
     records(query.fetch_all(db).await?)
 }
 
+type EventRow = (
+    i32,
+    String,
+    String,
+    Option<Uuid>,
+    serde_json::Value,
+    DateTime<Utc>,
+);
+
+/// One event of an order, by version.
+pub async fn event_at(db: &PgPool, id: OrderId, version: i32) -> sqlx::Result<Option<EventView>> {
+    let row: Option<EventRow> = sqlx::query_as(
+        "SELECT version, kind, actor_role, actor_id, payload, created_at
+             FROM order_events WHERE order_id = $1 AND version = $2",
+    )
+    .bind(id.0)
+    .bind(version)
+    .fetch_optional(db)
+    .await?;
+    row.map(event_view).transpose()
+}
+
 pub async fn events(db: &PgPool, id: OrderId) -> sqlx::Result<Vec<EventView>> {
-    type EventRow = (
-        i32,
-        String,
-        String,
-        Option<Uuid>,
-        serde_json::Value,
-        DateTime<Utc>,
-    );
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT version, kind, actor_role, actor_id, payload, created_at
              FROM order_events WHERE order_id = $1 ORDER BY version",
@@ -347,21 +361,21 @@ pub async fn events(db: &PgPool, id: OrderId) -> sqlx::Result<Vec<EventView>> {
     .bind(id.0)
     .fetch_all(db)
     .await?;
-    rows.into_iter()
-        .map(|(version, kind, role, actor_id, payload, at)| {
-            let kind = EventKind::parse(&kind)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown kind {kind}").into()))?;
-            let role = Role::parse(&role)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?;
-            Ok(EventView {
-                version,
-                kind,
-                actor: ActorView { role, id: actor_id },
-                payload,
-                at,
-            })
-        })
-        .collect()
+    rows.into_iter().map(event_view).collect()
+}
+
+fn event_view((version, kind, role, actor_id, payload, at): EventRow) -> sqlx::Result<EventView> {
+    let kind = EventKind::parse(&kind)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown kind {kind}").into()))?;
+    let role = Role::parse(&role)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?;
+    Ok(EventView {
+        version,
+        kind,
+        actor: ActorView { role, id: actor_id },
+        payload,
+        at,
+    })
 }
 
 /// Pending orders created before `cutoff` (for the vendor-timeout sweeper).

@@ -303,20 +303,6 @@ impl Session {
                         return self.failed_send_exit();
                     }
                 }
-                out = rx.recv() => {
-                    let (topic, out) = out?;
-                    if !self.subscribing.is_empty() {
-                        // A snapshot is being read: hold everything back (bounded like the queue).
-                        if self.held.len() >= self.hub.config.ws_queue.max(1) {
-                            self.sub.lagged.cancel();
-                        }
-                        self.held.push_back((topic, out));
-                        continue;
-                    }
-                    if self.forward_granted(socket, topic, out).await.is_err() {
-                        return self.failed_send_exit();
-                    }
-                }
                 _ = tokio::time::sleep_until(gap_deadline.unwrap_or_else(Instant::now).into()), if gap_deadline.is_some() => {
                     if resync.is_none() {
                         let (tx, rx) = mpsc::channel(16);
@@ -328,6 +314,20 @@ impl Session {
                 Some(r) = async { resync.as_mut()?.recv().await }, if resync.is_some() => {
                     let (order, topic, current) = *r;
                     if self.resynced(socket, order, topic, current).await.is_err() {
+                        return self.failed_send_exit();
+                    }
+                }
+                out = rx.recv() => {
+                    let (topic, out) = out?;
+                    if !self.subscribing.is_empty() {
+                        // A snapshot is being read: hold everything back (bounded like the queue).
+                        if self.held.len() >= self.hub.config.ws_queue.max(1) {
+                            self.sub.lagged.cancel();
+                        }
+                        self.held.push_back((topic, out));
+                        continue;
+                    }
+                    if self.forward_granted(socket, topic, out).await.is_err() {
                         return self.failed_send_exit();
                     }
                 }

@@ -43,7 +43,11 @@ done
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 base_rss=()
 for i in $(seq 1 "$NODES"); do base_rss+=("$(rss "${PIDS[$((i - 1))]}")"); done
-subs() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^hub_connections /{print int($2)}'; }
+subs() { # the node's open sockets (0 before its first)
+  local n
+  n=$(curl -s "http://127.0.0.1:$1/metrics" | awk '/^hub_connections /{print int($2)}')
+  echo "${n:-0}"
+}
 
 target/release/loadtest "${urls[@]}" --admin-token bench --connections-only --sockets "$TOTAL" \
   --duration 60 --ramp-up 30 --processes "$NODES" --max-reconnects 30 \
@@ -52,7 +56,7 @@ LT=$!
 # Wait until every node holds its share (or the harness ends), then read each node.
 for _ in $(seq 1 600); do
   n=0
-  for i in $(seq 1 "$NODES"); do n=$((n + $(subs $((BASE_PORT + i)) || echo 0))); done
+  for i in $(seq 1 "$NODES"); do n=$((n + $(subs $((BASE_PORT + i))))); done
   [ "$n" -ge "$TOTAL" ] && break
   kill -0 "$LT" 2>/dev/null || break
   sleep 1
@@ -63,6 +67,7 @@ for i in $(seq 1 "$NODES"); do
   pid=${PIDS[$((i - 1))]}
   s=$(subs $((BASE_PORT + i)))
   r=$(rss "$pid")
+  [ "$s" -gt 0 ] || s=1
   printf 'node%d: %d sockets, RSS %d MiB (baseline %d MiB), %.1f KiB per socket over the baseline\n' \
     "$i" "$s" $((r / 1024)) $((${base_rss[$((i - 1))]} / 1024)) \
     "$(echo "($r - ${base_rss[$((i - 1))]}) / $s" | bc -l)"

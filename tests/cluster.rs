@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{Proc, db_url_for, free_port, wait_for};
 use common::{ADMIN, TestHub, Ws, order_msg};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -391,95 +391,26 @@ async fn an_assignment_under_an_old_epoch_never_commits(db: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Failover: nodes as processes, so that the leader can die by SIGKILL.
 
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Proc {
-    fn spawn(db_url: &str, cluster: &str, name: &str) -> Self {
-        Self::spawn_polling(db_url, cluster, name, 100)
-    }
-
-    fn spawn_polling(db_url: &str, cluster: &str, name: &str, poll_ms: u64) -> Self {
-        let bind = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_dispatch-hub"))
-            .arg("serve")
-            .env("DATABASE_URL", db_url)
-            .env("HUB_BIND", &bind)
-            .env("HUB_ADMIN_TOKEN", ADMIN)
-            .env("HUB_SECRET", "cluster-secret")
-            .env("HUB_LOGIN_HASH_KIB", "64")
-            .env("HUB_NATS_URL", nats_url())
-            .env("HUB_CLUSTER", cluster)
-            .env("HUB_NODE_NAME", name)
-            .env("HUB_LEASE_POLL_MS", poll_ms.to_string())
-            .env("HUB_SIGNUPS_PER_ADDRESS_H", "100000")
-            .env("HUB_DB_MAX_CONNECTIONS", "6")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hub binary starts");
-        Self {
-            child,
-            base: format!("http://{bind}"),
-        }
-    }
-
-    fn client(&self) -> TestHub {
-        TestHub {
-            running: None,
-            base: self.base.clone(),
-            ws_url: format!("{}/ws", self.base.replace("http://", "ws://")),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn db_url_for(db: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let name = db_name(db);
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h.to_owned(), format!("?{q}")),
-        None => (base.clone(), String::new()),
-    };
-    let root = head
-        .rsplit_once('/')
-        .map(|(r, _)| r.to_owned())
-        .unwrap_or(head);
-    format!("{root}/{name}{query}")
+/// A node in a process of its own, polling the lease every `poll_ms`.
+fn node_process(db_url: &str, cluster: &str, name: &str, poll_ms: u64) -> Proc {
+    let bind = format!("127.0.0.1:{}", free_port());
+    Proc::spawn(
+        db_url,
+        &bind,
+        &[
+            ("HUB_NATS_URL", nats_url()),
+            ("HUB_CLUSTER", cluster.to_owned()),
+            ("HUB_NODE_NAME", name.to_owned()),
+            ("HUB_LEASE_POLL_MS", poll_ms.to_string()),
+            ("HUB_SIGNUPS_PER_ADDRESS_H", "100000".into()),
+            // Three nodes per test, two tests at a time, on one Postgres of 100 connections.
+            ("HUB_DB_MAX_CONNECTIONS", "6".into()),
+        ],
+    )
 }
 
 async fn wait_healthy(hub: &TestHub) {
-    for _ in 0..200 {
-        if let Ok(r) = hub.http.get(format!("{}/healthz", hub.base)).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node did not start");
+    wait_for(&hub.http, &hub.base, "/healthz").await;
 }
 
 #[sqlx::test]
@@ -488,7 +419,7 @@ async fn kill_dash_nine_of_the_leader_fails_over_within_five_seconds(db: PgPool)
     let url = db_url_for(&db);
     let cluster = format!("test_{}", db_name(&db));
     let mut procs: Vec<Proc> = (1..=3)
-        .map(|i| Proc::spawn(&url, &cluster, &format!("p{i}")))
+        .map(|i| node_process(&url, &cluster, &format!("p{i}"), 100))
         .collect();
     let clients: Vec<TestHub> = procs.iter().map(Proc::client).collect();
     for c in &clients {
@@ -652,7 +583,7 @@ async fn failover_timings(db: PgPool) {
     let url = db_url_for(&db);
     let cluster = format!("test_{}", db_name(&db));
     let mut procs: Vec<Proc> = (0..3)
-        .map(|i| Proc::spawn_polling(&url, &cluster, &format!("p{i}"), 250))
+        .map(|i| node_process(&url, &cluster, &format!("p{i}"), 250))
         .collect();
     let mut names: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
     for p in &procs {
@@ -735,7 +666,7 @@ async fn failover_timings(db: PgPool) {
         drop(ws);
         // A fresh node in place of the dead one.
         names[leader] = format!("p{}", 3 + run);
-        procs[leader] = Proc::spawn_polling(&url, &cluster, &names[leader], 250);
+        procs[leader] = node_process(&url, &cluster, &names[leader], 250);
         wait_healthy(&procs[leader].client()).await;
     }
     lease_ms.sort_unstable();

@@ -5,83 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::{Proc, db_url_for, free_port, wait_for};
 use common::{ADMIN, TestHub, Ws};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(db_url: &str, bind: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_dispatch-hub"))
-            .arg("serve")
-            .env("DATABASE_URL", db_url)
-            .env("HUB_BIND", bind)
-            .env("HUB_ADMIN_TOKEN", ADMIN)
-            .env("HUB_SECRET", "recovery-secret")
-            .env("HUB_LOGIN_HASH_KIB", "64")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hub binary starts");
-        Self { child }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn db_url_for(db: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let name = db
-        .connect_options()
-        .get_database()
-        .unwrap_or("postgres")
-        .to_owned();
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h.to_owned(), format!("?{q}")),
-        None => (base.clone(), String::new()),
-    };
-    let root = head
-        .rsplit_once('/')
-        .map(|(r, _)| r.to_owned())
-        .unwrap_or(head);
-    format!("{root}/{name}{query}")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("hub did not become ready");
-}
 
 struct World {
     shop: String,
@@ -174,14 +103,14 @@ async fn hub_process(db: &PgPool) -> (TestHub, Proc, String, String, String) {
     let url = db_url_for(db);
     let bind = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{bind}");
-    let proc = Proc::spawn(&url, &bind);
+    let proc = Proc::spawn(&url, &bind, &[]);
     let hub = TestHub {
         running: None,
         base: base.clone(),
         ws_url: format!("ws://{bind}/ws"),
         http: reqwest::Client::new(),
     };
-    wait_ready(&hub.http, &base).await;
+    wait_for(&hub.http, &base, "/readyz").await;
     (hub, proc, url, bind, base)
 }
 
@@ -228,8 +157,8 @@ async fn kill_dash_nine_mid_flow_loses_nothing_committed(db: PgPool) {
 
     // Start again on the same database; drivers reconnect.
     drop(proc);
-    let _proc = Proc::spawn(&url, &bind);
-    wait_ready(&hub.http, &base).await;
+    let _proc = Proc::spawn(&url, &bind, &[]);
+    wait_for(&hub.http, &base, "/readyz").await;
     let _socks = drivers_online(&hub, &w).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -393,8 +322,8 @@ async fn kill_dash_nine_mid_group_commit_loses_nothing_acknowledged(db: PgPool) 
 
     // Start again: everything acknowledged is there, and every log is whole.
     drop(proc);
-    let _proc = Proc::spawn(&url, &bind);
-    wait_ready(&hub.http, &base).await;
+    let _proc = Proc::spawn(&url, &bind, &[]);
+    wait_for(&hub.http, &base, "/readyz").await;
     for (order, version, status) in &acked {
         let kind: Option<String> = sqlx::query_scalar(
             "SELECT kind FROM order_events WHERE order_id = $1::uuid AND version = $2",

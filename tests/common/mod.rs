@@ -2,6 +2,8 @@
 //! `#[sqlx::test]` hands each test, a REST client, and a WebSocket client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::Duration;
 
 use dispatch_hub::app::{self, RunningHub};

@@ -56,7 +56,9 @@ stop() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap stop EXIT INT TERM
+trap stop EXIT
+# Ctrl-C or a TERM is the normal way to stop it: clean up and exit 0.
+trap 'stop; exit 0' INT TERM
 
 servers=""
 for i in $(seq 1 "$NODES"); do

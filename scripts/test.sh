@@ -53,7 +53,9 @@ free_port() {
   done
 }
 cleanup() {
-  [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null && wait "$HUB_PID" 2>/dev/null
+  if [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null; then
+    wait "$HUB_PID" 2>/dev/null || true
+  fi
   if command -v psql >/dev/null 2>&1; then # best effort: leave no suite databases behind
     for db in "${SUITE_DBS[@]}"; do
       psql "$DATABASE_URL" -qtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true

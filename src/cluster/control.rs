@@ -73,6 +73,10 @@ impl Hub {
             self.limiter.code_rotated((r.role, r.id));
         }
         match &r.token_hash {
+            Some(h) => self.sessions.revoke_token(h),
+            None => self.sessions.revoke_account(r.role, r.id),
+        }
+        match &r.token_hash {
             Some(h) => self.conns.revoke_token((r.role, r.id), h),
             None => self.conns.revoke_account((r.role, r.id)),
         }

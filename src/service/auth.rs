@@ -220,6 +220,14 @@ impl Hub {
             return Ok((Actor::ADMIN, None));
         }
         let hash = token_hash(token);
+        if let Some((actor, expires_at)) = self.sessions.get(&hash) {
+            let info = SessionInfo {
+                token_hash: hash,
+                expires_at,
+            };
+            return Ok((actor, Some(info)));
+        }
+        let generation = self.sessions.generation();
         let found = accounts::find_session(&self.db, &hash).await?;
         let Some((role, subject, expires_at)) = found else {
             return Err(Error::Unauthorized(
@@ -231,6 +239,7 @@ impl Hub {
             role,
             id: Some(subject),
         };
+        self.sessions.insert(generation, &hash, actor, expires_at);
         let info = SessionInfo {
             token_hash: hash,
             expires_at,

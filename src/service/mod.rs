@@ -9,6 +9,7 @@ pub mod limiter;
 pub mod login_account;
 pub mod orders;
 pub mod reconcile;
+pub mod sessions;
 pub mod views;
 
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct Hub {
     pub hashing: hashing::HashPool,
     /// Socket caps and the live sockets of each account (for revocation).
     pub conns: Connections,
+    /// Live sessions, so that a request need not read its session row (revocation is pushed).
+    pub sessions: sessions::SessionCache,
     /// Transitions whose commit outcome is unknown, for [`reconcile`].
     ambiguous: tokio::sync::mpsc::Sender<reconcile::Ambiguous>,
     /// Orders with a commit of unknown outcome still to resolve; a later successful commit of
@@ -123,6 +126,7 @@ impl Hub {
             signups,
             hashing,
             conns,
+            sessions: sessions::SessionCache::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             order_locks: (0..ORDER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),

@@ -681,3 +681,38 @@ async fn failover_timings(db: PgPool) {
         assign_ms[RUNS - 1]
     );
 }
+
+#[sqlx::test]
+async fn a_node_that_missed_a_revocation_closes_the_socket_when_it_rechecks(db: PgPool) {
+    let nodes = three_nodes(&db).await;
+    let (buyer_id, buyer) = nodes[0].buyer().await;
+    let (_, other) = nodes[0].buyer().await;
+    let mut ws = nodes[1].socket(&buyer).await;
+    let mut kept = nodes[1].socket(&other).await;
+    // The token is used once through node 2, so that node 2 has its session cached.
+    assert_eq!(
+        nodes[1].call("GET", "/api/me", Some(&buyer), None).await.0,
+        200
+    );
+    // Revoked behind node 2's back: as if the logout's message had not reached it (its bus
+    // was down), or the row had been changed by hand.
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = now() WHERE role = 'buyer' AND subject_id = $1::uuid",
+    )
+    .bind(&buyer_id)
+    .execute(&db)
+    .await
+    .unwrap();
+    // What node 2 does when its bus comes back.
+    let closed = nodes[1].hub().recheck_sockets().await.unwrap();
+    assert_eq!(closed, 1);
+    assert_eq!(ws.close_code().await, Some(4401));
+    // The cache is gone with it: the token is refused at once.
+    assert_eq!(
+        nodes[1].call("GET", "/api/me", Some(&buyer), None).await.0,
+        401
+    );
+    // The other buyer's socket stays.
+    kept.send(json!({"type": "ping"})).await;
+    assert_eq!(kept.next_json().await.unwrap()["type"], "pong");
+}

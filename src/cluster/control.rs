@@ -82,6 +82,35 @@ impl Hub {
         }
     }
 
+    /// Closes (4401) the sockets on this node whose sessions are no longer live in Postgres, and
+    /// drops the session cache: for a node that may have missed revocations (its bus was down).
+    /// Returns how many sockets it closed.
+    pub async fn recheck_sockets(&self) -> crate::error::Result<usize> {
+        self.sessions.clear();
+        let live = self.conns.live_tokens();
+        let mut closed = 0;
+        for chunk in live.chunks(10_000) {
+            let hashes: Vec<String> = chunk.iter().map(|(_, h)| h.clone()).collect();
+            let still: std::collections::HashSet<String> =
+                crate::store::accounts::live_sessions(&self.db, &hashes)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for (account, hash) in chunk {
+                if !still.contains(hash) {
+                    closed += self.conns.revoke_token(*account, hash);
+                }
+            }
+        }
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "sockets of sessions revoked while the bus was away closed"
+            );
+        }
+        Ok(closed)
+    }
+
     /// Re-announces this node's connected drivers to the dispatcher (after a new leader).
     pub(crate) async fn announce_drivers(&self) {
         for s in self.conns.live_of_role(Role::Driver) {
@@ -122,17 +151,22 @@ pub async fn spawn(hub: Arc<Hub>) -> Result<(), async_nats::SubscribeError> {
     let mut all = futures::stream::select_all(subs);
     // A node that was not a follower, or not on the bus, when a new leader announced itself
     // never heard it: it re-announces its drivers whenever it becomes a follower and whenever
-    // the bus comes back (the leader's dispatcher takes a repeated `connected` as it is).
+    // the bus comes back (the leader's dispatcher takes a repeated `connected` as it is). When
+    // the bus comes back it also re-checks its sockets' sessions: a logout elsewhere may have
+    // passed it by.
     {
         let hub = hub.clone();
         let mut connects = bus.watch_connects();
         let mut leadership = hub.cluster.watch_leadership();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
+                let reconnected = tokio::select! {
                     _ = hub.shutdown.cancelled() => return,
-                    r = connects.changed() => if r.is_err() { return },
-                    r = leadership.changed() => if r.is_err() { return },
+                    r = connects.changed() => if r.is_err() { return } else { true },
+                    r = leadership.changed() => if r.is_err() { return } else { false },
+                };
+                if reconnected && let Err(e) = hub.recheck_sockets().await {
+                    tracing::warn!(error = %e, "sockets not re-checked after the bus came back");
                 }
                 if !hub.cluster.is_leader() {
                     hub.announce_drivers().await;

@@ -183,6 +183,17 @@ impl Connections {
         self.revoke_where(account, |_| true)
     }
 
+    /// Every live socket's account and token hash (for re-checking them against Postgres).
+    pub fn live_tokens(&self) -> Vec<(AccountKey, String)> {
+        let mut out = Vec::new();
+        for e in self.accounts.iter() {
+            for l in e.value().values() {
+                out.push((*e.key(), l.token_hash.clone()));
+            }
+        }
+        out
+    }
+
     fn revoke_where(&self, account: AccountKey, hit: impl Fn(&Live) -> bool) -> usize {
         let Some(live) = self.accounts.get(&account) else {
             return 0;

@@ -97,6 +97,12 @@ impl SessionCache {
             .retain(|_, e| !(e.actor.role == role && e.actor.id == Some(id)));
     }
 
+    /// Forgets every session (after revocations may have been missed).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.map.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

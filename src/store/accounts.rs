@@ -305,6 +305,17 @@ pub async fn find_session(
     .await
 }
 
+/// Of these token hashes, those whose sessions are still live (not revoked, not expired).
+pub async fn live_sessions(db: &PgPool, token_hashes: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT token_hash FROM sessions
+         WHERE token_hash = ANY($1) AND revoked_at IS NULL AND expires_at > now()",
+    )
+    .bind(token_hashes)
+    .fetch_all(db)
+    .await
+}
+
 pub async fn revoke_session(db: &PgPool, token_hash: &str) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",

@@ -19,9 +19,7 @@ use sqlx::{Connection, PgConnection};
 use super::Leadership;
 use super::control::{Announce, LEADER};
 use crate::service::Hub;
-
-/// The advisory lock's key ("dispatch" in ASCII); advisory locks are per database.
-const LOCK_KEY: i64 = 0x6469_7370_6174_6368;
+use crate::store::cluster as store;
 
 /// Keeps trying to take the lease while this node runs; holds it until shutdown or until its
 /// connection fails.
@@ -39,8 +37,7 @@ pub fn spawn(hub: Arc<Hub>) {
                     // If this node goes silent (a partition, a pause), Postgres ends the
                     // session — and drops the lock — after a few polls' idleness, instead of
                     // waiting hours for TCP keepalive. Fencing makes that safe.
-                    let idle = format!("SET idle_session_timeout = {}", poll.as_millis() * 8);
-                    if let Err(e) = sqlx::query(&idle).execute(&mut conn).await {
+                    if let Err(e) = store::set_idle_timeout(&mut conn, poll.as_millis() * 8).await {
                         tracing::debug!(error = %e, "idle_session_timeout not set");
                     }
                     hold(&hub, &mut conn, poll).await;
@@ -74,20 +71,16 @@ async fn hold(hub: &Hub, conn: &mut PgConnection, poll: Duration) {
         let step = async {
             if hub.cluster.is_leader() {
                 // Still ours as long as the connection that holds the lock answers.
-                sqlx::query("SELECT 1")
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| true)
+                store::ping(conn).await
             } else if !bus_up() {
                 // A node cut off from the bus could not hear its drivers: do not lead.
-                Ok(true)
+                Ok(())
             } else {
                 take(hub, conn).await
             }
         };
         match tokio::time::timeout(poll * 4, step).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "lease connection failed");
                 return;
@@ -108,26 +101,12 @@ async fn hold(hub: &Hub, conn: &mut PgConnection, poll: Duration) {
     }
 }
 
-/// Tries the lock; when it is ours, bumps the epoch and becomes the leader. `Ok(false)` never
-/// happens here (the connection stays useful either way).
-async fn take(hub: &Hub, conn: &mut PgConnection) -> sqlx::Result<bool> {
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !got {
-        return Ok(true);
+/// Tries the lock; when it is ours, bumps the epoch and becomes the leader.
+async fn take(hub: &Hub, conn: &mut PgConnection) -> sqlx::Result<()> {
+    if !store::try_lease_lock(conn).await? {
+        return Ok(());
     }
-    let epoch: i64 = sqlx::query_scalar(
-        "WITH u AS (
-             UPDATE dispatch_lease SET epoch = epoch + 1, node_id = $1, acquired_at = now()
-             WHERE id = 1 RETURNING epoch, node_id, acquired_at)
-         INSERT INTO dispatch_lease_history (epoch, node_id, acquired_at)
-         SELECT epoch, node_id, acquired_at FROM u RETURNING epoch",
-    )
-    .bind(hub.cluster.node_id)
-    .fetch_one(&mut *conn)
-    .await?;
+    let epoch = store::bump_epoch(conn, hub.cluster.node_id).await?;
     tracing::info!(
         node = hub.cluster.node_id,
         epoch,
@@ -143,5 +122,5 @@ async fn take(hub: &Hub, conn: &mut PgConnection) -> sqlx::Result<bool> {
             epoch,
         },
     );
-    Ok(true)
+    Ok(())
 }

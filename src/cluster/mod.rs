@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::service::Hub;
+use crate::store::cluster as store;
 
 /// Who dispatches, as this node knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +99,7 @@ impl Cluster {
 
 /// Registers this node in `cluster_nodes` and returns its id.
 pub async fn register(db: &PgPool, name: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar("INSERT INTO cluster_nodes (name) VALUES ($1) RETURNING id")
-        .bind(name)
-        .fetch_one(db)
-        .await
+    store::register_node(db, name).await
 }
 
 /// How often a node writes its heartbeat; a node unseen for [`LIVE_WITHIN`] is not listed.
@@ -126,20 +124,11 @@ pub fn spawn_heartbeat(hub: Arc<Hub>) {
                 continue;
             }
             let sockets = hub.conns.open() as i32;
-            let r =
-                sqlx::query("UPDATE cluster_nodes SET seen_at = now(), sockets = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(sockets)
-                    .execute(&hub.db)
-                    .await;
-            if let Err(e) = r {
+            if let Err(e) = store::heartbeat(&hub.db, id, sockets).await {
                 tracing::debug!(error = %e, "heartbeat not written");
             }
         }
-        let _ = sqlx::query("UPDATE cluster_nodes SET stopped_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&hub.db)
-            .await;
+        let _ = store::mark_stopped(&hub.db, id).await;
     });
 }
 
@@ -155,14 +144,7 @@ pub struct ClusterView {
     pub leader: Option<LeaderView>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct NodeView {
-    pub id: i64,
-    pub name: String,
-    pub sockets: i32,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub seen_at: chrono::DateTime<chrono::Utc>,
-}
+pub use store::NodeRow as NodeView;
 
 #[derive(Debug, Serialize)]
 pub struct LeaderView {
@@ -175,31 +157,19 @@ pub struct LeaderView {
 impl Hub {
     pub async fn cluster_view(&self) -> crate::error::Result<ClusterView> {
         let c = &self.cluster;
-        let mut nodes: Vec<NodeView> = sqlx::query_as(
-            "SELECT id, name, sockets, started_at, seen_at FROM cluster_nodes
-             WHERE stopped_at IS NULL AND seen_at > now() - make_interval(secs => $1)
-             ORDER BY id",
-        )
-        .bind(LIVE_WITHIN.as_secs_f64())
-        .fetch_all(&self.db)
-        .await?;
+        let mut nodes = store::live_nodes(&self.db, LIVE_WITHIN.as_secs_f64()).await?;
         // This node's own count is the live one.
         if let Some(me) = nodes.iter_mut().find(|n| n.id == c.node_id) {
             me.sockets = self.conns.open() as i32;
         }
         let leader = if c.is_clustered() {
-            let row: Option<(i64, Option<i64>, Option<chrono::DateTime<chrono::Utc>>)> =
-                sqlx::query_as(
-                    "SELECT epoch, node_id, acquired_at FROM dispatch_lease WHERE id = 1",
-                )
-                .fetch_optional(&self.db)
-                .await?;
-            row.filter(|r| r.1.is_some())
-                .map(|(epoch, node_id, acquired_at)| LeaderView {
+            store::lease(&self.db).await?.filter(|r| r.1.is_some()).map(
+                |(epoch, node_id, acquired_at)| LeaderView {
                     node_id,
                     epoch: Some(epoch),
                     acquired_at,
-                })
+                },
+            )
         } else {
             Some(LeaderView {
                 node_id: Some(c.node_id),

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod catalog;
+pub mod cluster;
 pub mod fleet;
 pub mod health;
 pub mod orders;
